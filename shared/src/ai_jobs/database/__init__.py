@@ -1,0 +1,1 @@
+"""Database bootstrap: embedded PostgreSQL and the migration runner."""

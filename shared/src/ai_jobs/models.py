@@ -1,0 +1,146 @@
+"""Pydantic models at the queue's boundary: what a job is, and what enqueue takes."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ai_jobs.errors import InvalidArgumentError
+
+JOB_TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class JobError(BaseModel):
+    """Why a job (or its last attempt) failed. `retryable` says if the queue will try again."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    code: str = Field(min_length=1, max_length=100)
+    message: str = Field(max_length=4000)
+    retryable: bool
+
+
+class Job(BaseModel):
+    """One row of public.ai_jobs, as both store adapters return it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: UUID
+    user_id: UUID
+    job_type: str
+    status: JobStatus
+    priority: int
+    input: dict[str, Any]
+    result: Any | None = None
+    error: JobError | None = None
+    progress: int
+    progress_message: str | None = None
+    checkpoints: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+    locked_by: str | None = None
+    lease_expires_at: datetime | None = None
+    cancel_requested_at: datetime | None = None
+    idempotency_key: str | None = None
+    parent_id: UUID | None = None
+    metadata: dict[str, Any]
+    usage: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status.is_terminal
+
+
+class NewJob(BaseModel):
+    """Everything enqueue needs. Input is validated against the job type before this point."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: UUID
+    job_type: str = Field(pattern=JOB_TYPE_PATTERN, max_length=100)
+    input: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    run_at: datetime | None = None
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=255)
+    parent_id: UUID | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    max_active: int | None = Field(default=None, ge=1, description="per-user cap on pending+running jobs")
+
+
+class EnqueueResult(BaseModel):
+    """The job, and whether this call created it (False: an idempotent repeat)."""
+
+    job: Job
+    created: bool
+
+
+class JobCursor(BaseModel):
+    """Keyset position in a newest-first listing; opaque to API clients."""
+
+    created_at: datetime
+    id: UUID
+
+    def encode(self) -> str:
+        raw = json.dumps({"c": self.created_at.isoformat(), "i": str(self.id)}).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, token: str) -> JobCursor:
+        try:
+            padded = token + "=" * (-len(token) % 4)
+            data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+            return cls(created_at=data["c"], id=data["i"])
+        except (binascii.Error, ValueError, KeyError, TypeError, ValidationError) as exc:
+            raise InvalidArgumentError(f"invalid cursor {token[:40]!r}") from exc
+
+
+class JobPage(BaseModel):
+    jobs: list[Job]
+    next_cursor: str | None = None
+
+
+class QueueDepth(BaseModel):
+    job_type: str
+    status: JobStatus
+    jobs: int
+    oldest_run_at: datetime | None = None
+
+
+class TypeStats(BaseModel):
+    """Last 24 h for one job type. Run time is first start to finish, across invocations."""
+
+    job_type: str
+    completed: int
+    failed: int
+    cancelled: int
+    failure_rate: float | None = None
+    p50_run_seconds: float | None = None
+    p95_run_seconds: float | None = None

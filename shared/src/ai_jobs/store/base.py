@@ -1,0 +1,335 @@
+"""The one narrow interface between Python and the queue's SQL functions.
+
+Every operation is a call to a versioned SQL function with named arguments.
+`JobStore` implements the operations once; an adapter only has to execute
+`call(function, params)` (psycopg for PostgresStore, PostgREST RPC for
+SupabaseStore), so both adapters are the same queue by construction.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from ai_jobs.models import (
+    EnqueueResult,
+    Job,
+    JobCursor,
+    JobError,
+    JobPage,
+    JobStatus,
+    NewJob,
+    QueueDepth,
+    TypeStats,
+)
+
+
+@dataclass(frozen=True)
+class Json:
+    """Marks a parameter bound to a jsonb argument."""
+
+    value: Any
+
+
+@dataclass(frozen=True)
+class SqlFunction:
+    """A named SQL function of the API migration; `returns_set` = setof rows."""
+
+    name: str
+    returns_set: bool = True
+
+
+ENQUEUE = SqlFunction("ai_jobs_enqueue_v1", returns_set=False)
+CLAIM = SqlFunction("ai_jobs_claim_v1")
+HEARTBEAT = SqlFunction("ai_jobs_heartbeat_v1")
+PROGRESS = SqlFunction("ai_jobs_progress_v1")
+CHECKPOINT = SqlFunction("ai_jobs_checkpoint_v1")
+COMPLETE = SqlFunction("ai_jobs_complete_v1")
+FAIL = SqlFunction("ai_jobs_fail_v1")
+RELEASE = SqlFunction("ai_jobs_release_v1")
+CANCELLED = SqlFunction("ai_jobs_cancelled_v1")
+REQUEST_CANCEL = SqlFunction("ai_jobs_request_cancel_v1")
+RETRY = SqlFunction("ai_jobs_retry_v1")
+DELETE = SqlFunction("ai_jobs_delete_v1")
+GET = SqlFunction("ai_jobs_get_v1")
+LIST = SqlFunction("ai_jobs_list_v1")
+REAP = SqlFunction("ai_jobs_reap_v1")
+PURGE = SqlFunction("ai_jobs_purge_v1", returns_set=False)
+QUEUE_DEPTH = SqlFunction("ai_jobs_queue_depth_v1")
+STATS_24H = SqlFunction("ai_jobs_stats_24h_v1")
+
+
+class JobStore(ABC):
+    """Queue operations. Worker-side calls take the worker id that holds the lease;
+    owner-side calls take `user_id` (None = operator, no owner scoping)."""
+
+    # -- adapter port --------------------------------------------------------------
+
+    @abstractmethod
+    def call(self, function: SqlFunction, params: Mapping[str, Any]) -> Any:
+        """Run one SQL function. Params whose value is None are omitted, so the
+        function's own default applies. Returns a list of row dicts for
+        set-returning functions, else the scalar value."""
+
+    def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _jobs(self, function: SqlFunction, params: Mapping[str, Any]) -> list[Job]:
+        return [Job.model_validate(row) for row in self.call(function, params)]
+
+    def _job(self, function: SqlFunction, params: Mapping[str, Any]) -> Job:
+        jobs = self._jobs(function, params)
+        if len(jobs) != 1:
+            raise RuntimeError(f"{function.name} returned {len(jobs)} rows, expected 1")
+        return jobs[0]
+
+    # -- enqueue -------------------------------------------------------------------
+
+    def enqueue(self, new_job: NewJob) -> EnqueueResult:
+        """Insert a job; an existing idempotency key returns the existing job."""
+        value = self.call(
+            ENQUEUE,
+            {
+                "p_user_id": new_job.user_id,
+                "p_job_type": new_job.job_type,
+                "p_input": Json(new_job.input),
+                "p_priority": new_job.priority,
+                "p_run_at": new_job.run_at,
+                "p_idempotency_key": new_job.idempotency_key,
+                "p_parent_id": new_job.parent_id,
+                "p_metadata": Json(new_job.metadata),
+                "p_max_attempts": new_job.max_attempts,
+                "p_max_active": new_job.max_active,
+            },
+        )
+        return EnqueueResult.model_validate(value)
+
+    # -- worker side ---------------------------------------------------------------
+
+    def claim(
+        self,
+        worker: str,
+        *,
+        limit: int = 1,
+        lease_seconds: int = 30,
+        job_types: Sequence[str] | None = None,
+        job_id: UUID | None = None,
+    ) -> list[Job]:
+        """Lease up to `limit` due jobs to `worker`; each job goes to one caller only."""
+        return self._jobs(
+            CLAIM,
+            {
+                "p_worker": worker,
+                "p_limit": limit,
+                "p_lease_seconds": lease_seconds,
+                "p_job_types": list(job_types) if job_types is not None else None,
+                "p_job_id": job_id,
+            },
+        )
+
+    def heartbeat(self, job_id: UUID, worker: str, *, lease_seconds: int = 30) -> Job:
+        return self._job(
+            HEARTBEAT, {"p_job_id": job_id, "p_worker": worker, "p_lease_seconds": lease_seconds}
+        )
+
+    def progress(
+        self,
+        job_id: UUID,
+        worker: str,
+        progress: int,
+        message: str | None = None,
+        *,
+        lease_seconds: int | None = None,
+    ) -> Job:
+        return self._job(
+            PROGRESS,
+            {
+                "p_job_id": job_id,
+                "p_worker": worker,
+                "p_progress": progress,
+                "p_message": message,
+                "p_lease_seconds": lease_seconds,
+            },
+        )
+
+    def checkpoint(
+        self,
+        job_id: UUID,
+        worker: str,
+        step: str,
+        value: Any,
+        *,
+        usage: Mapping[str, Any] | None = None,
+        progress: int | None = None,
+        message: str | None = None,
+    ) -> Job:
+        return self._job(
+            CHECKPOINT,
+            {
+                "p_job_id": job_id,
+                "p_worker": worker,
+                "p_step": step,
+                "p_value": Json(value),
+                "p_usage": Json(dict(usage)) if usage else None,
+                "p_progress": progress,
+                "p_message": message,
+            },
+        )
+
+    def complete(
+        self, job_id: UUID, worker: str, result: Any, *, usage: Mapping[str, Any] | None = None
+    ) -> Job:
+        return self._job(
+            COMPLETE,
+            {
+                "p_job_id": job_id,
+                "p_worker": worker,
+                "p_result": Json(result),
+                "p_usage": Json(dict(usage)) if usage else None,
+            },
+        )
+
+    def fail(
+        self,
+        job_id: UUID,
+        worker: str,
+        error: JobError,
+        *,
+        retry_at: datetime | None = None,
+        usage: Mapping[str, Any] | None = None,
+        backoff_base_seconds: float | None = None,
+        backoff_max_seconds: float | None = None,
+    ) -> Job:
+        """Record a failure; retryable ones with attempts left go back to pending."""
+        return self._job(
+            FAIL,
+            {
+                "p_job_id": job_id,
+                "p_worker": worker,
+                "p_error": Json(error.model_dump(mode="json")),
+                "p_retry_at": retry_at,
+                "p_usage": Json(dict(usage)) if usage else None,
+                "p_backoff_base_seconds": backoff_base_seconds,
+                "p_backoff_max_seconds": backoff_max_seconds,
+            },
+        )
+
+    def release(
+        self,
+        job_id: UUID,
+        worker: str,
+        *,
+        run_at: datetime | None = None,
+        usage: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Back to pending without spending an attempt (continue in a new invocation)."""
+        return self._job(
+            RELEASE,
+            {
+                "p_job_id": job_id,
+                "p_worker": worker,
+                "p_run_at": run_at,
+                "p_usage": Json(dict(usage)) if usage else None,
+            },
+        )
+
+    def mark_cancelled(
+        self, job_id: UUID, worker: str, *, usage: Mapping[str, Any] | None = None
+    ) -> Job:
+        """The worker honoured a cancel request."""
+        return self._job(
+            CANCELLED,
+            {"p_job_id": job_id, "p_worker": worker, "p_usage": Json(dict(usage)) if usage else None},
+        )
+
+    # -- owner side ----------------------------------------------------------------
+
+    def get(self, job_id: UUID, *, user_id: UUID | None = None) -> Job:
+        return self._job(GET, {"p_job_id": job_id, "p_user_id": user_id})
+
+    def list(
+        self,
+        *,
+        user_id: UUID | None = None,
+        status: JobStatus | None = None,
+        job_type: str | None = None,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Newest first; pass `next_cursor` back to get the following page."""
+        position = JobCursor.decode(cursor) if cursor else None
+        jobs = self._jobs(
+            LIST,
+            {
+                "p_user_id": user_id,
+                "p_status": status.value if status else None,
+                "p_job_type": job_type,
+                "p_limit": limit,
+                "p_before_created_at": position.created_at if position else None,
+                "p_before_id": position.id if position else None,
+            },
+        )
+        next_cursor = None
+        if len(jobs) == limit:
+            last = jobs[-1]
+            next_cursor = JobCursor(created_at=last.created_at, id=last.id).encode()
+        return JobPage(jobs=jobs, next_cursor=next_cursor)
+
+    def request_cancel(self, job_id: UUID, *, user_id: UUID | None = None) -> Job:
+        """Pending: cancelled now. Running: flagged, the worker stops at its next step."""
+        return self._job(REQUEST_CANCEL, {"p_job_id": job_id, "p_user_id": user_id})
+
+    def retry(
+        self, job_id: UUID, *, user_id: UUID | None = None, max_active: int | None = None
+    ) -> Job:
+        """Failed or cancelled -> pending with fresh attempts; completed steps are kept."""
+        return self._job(
+            RETRY, {"p_job_id": job_id, "p_user_id": user_id, "p_max_active": max_active}
+        )
+
+    def delete(self, job_id: UUID, *, user_id: UUID | None = None) -> Job:
+        """Remove a finished job; returns it as it was."""
+        return self._job(DELETE, {"p_job_id": job_id, "p_user_id": user_id})
+
+    # -- maintenance ---------------------------------------------------------------
+
+    def reap_expired(self, *, limit: int = 100) -> list[Job]:
+        """Running jobs past their lease -> pending (or failed when attempts are spent)."""
+        return self._jobs(REAP, {"p_limit": limit})
+
+    def purge(
+        self,
+        *,
+        completed_retention: timedelta | None = None,
+        failed_retention: timedelta | None = None,
+        limit: int | None = None,
+    ) -> int:
+        """Delete finished jobs past retention; returns how many."""
+        return int(
+            self.call(
+                PURGE,
+                {
+                    "p_completed_retention": completed_retention,
+                    "p_failed_retention": failed_retention,
+                    "p_limit": limit,
+                },
+            )
+        )
+
+    def queue_depth(self) -> list[QueueDepth]:
+        return [QueueDepth.model_validate(row) for row in self.call(QUEUE_DEPTH, {})]
+
+    def stats_24h(self) -> list[TypeStats]:
+        return [TypeStats.model_validate(row) for row in self.call(STATS_24H, {})]

@@ -1,0 +1,362 @@
+"""One contract, both adapters: every test here runs against PostgresStore and
+against SupabaseStore (real supabase-py HTTP calls executed by the PostgREST
+emulator under the service_role claims)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from ai_jobs.errors import (
+    ActiveJobLimitError,
+    IdempotencyConflictError,
+    InvalidArgumentError,
+    JobNotFoundError,
+    JobStateError,
+    LeaseLostError,
+)
+from ai_jobs.models import JobError, JobStatus, NewJob
+from ai_jobs.store.base import JobStore
+
+RETRYABLE = JobError(code="overloaded", message="try later", retryable=True)
+FATAL = JobError(code="bad_request", message="prompt too long", retryable=False)
+
+
+def enqueue(store: JobStore, user_id: uuid.UUID, **kw: object):
+    kw.setdefault("job_type", "example.countdown")
+    return store.enqueue(NewJob(user_id=user_id, **kw))  # type: ignore[arg-type]
+
+
+def test_enqueue_returns_pending_job(store: JobStore, make_user) -> None:
+    user = make_user()
+    result = enqueue(store, user, input={"steps": 3}, priority=5, metadata={"source": "test"})
+    job = result.job
+    assert result.created is True
+    assert job.status is JobStatus.PENDING
+    assert job.user_id == user and job.input == {"steps": 3} and job.priority == 5
+    assert job.attempts == 0 and job.max_attempts == 3 and job.progress == 0
+    assert job.metadata == {"source": "test"} and job.checkpoints == {} and job.usage == {}
+    assert store.get(job.id) == job
+
+
+def test_idempotency_key_returns_existing_job(store: JobStore, make_user) -> None:
+    user, other = make_user(), make_user()
+    first = enqueue(store, user, input={"n": 1}, idempotency_key="abc")
+    again = enqueue(store, user, input={"n": 1}, idempotency_key="abc")
+    assert again.created is False and again.job.id == first.job.id
+    # the key is unique per user, not global
+    assert enqueue(store, other, input={"n": 1}, idempotency_key="abc").created is True
+    with pytest.raises(IdempotencyConflictError):
+        enqueue(store, user, input={"n": 2}, idempotency_key="abc")
+
+
+def test_per_user_cap_on_active_jobs(store: JobStore, make_user) -> None:
+    user, other = make_user(), make_user()
+    for _ in range(3):
+        enqueue(store, user, max_active=3)
+    with pytest.raises(ActiveJobLimitError) as err:
+        enqueue(store, user, max_active=3)
+    assert "3 of 3" in err.value.message
+    enqueue(store, other, max_active=3)  # other users are unaffected
+    # an idempotent repeat is not a new job, so the cap does not apply to it
+    job = store.list(user_id=user).jobs[0]
+    store.request_cancel(job.id)
+    enqueue(store, user, max_active=3)  # a cancelled job frees a slot
+
+
+def test_unknown_user_and_bad_values_are_invalid_arguments(store: JobStore, make_user) -> None:
+    with pytest.raises(InvalidArgumentError):
+        enqueue(store, uuid.uuid4())  # not in auth.users
+    user = make_user()
+    worker = "w-bad"
+    job = enqueue(store, user).job
+    store.claim(worker)
+    with pytest.raises(InvalidArgumentError):
+        store.progress(job.id, worker, 101)
+    with pytest.raises(InvalidArgumentError):
+        store.claim(worker, lease_seconds=0)
+
+
+def test_claim_leases_by_priority_then_due_time(store: JobStore, make_user) -> None:
+    user = make_user()
+    low = enqueue(store, user, priority=0).job
+    high = enqueue(store, user, priority=10).job
+    later = enqueue(store, user, priority=100, run_at=datetime.now(UTC) + timedelta(hours=1)).job
+    claimed = store.claim("w1", limit=5, lease_seconds=60)
+    assert [j.id for j in sorted(claimed, key=lambda j: -j.priority)] == [high.id, low.id]
+    for job in claimed:
+        assert job.status is JobStatus.RUNNING and job.attempts == 1 and job.locked_by == "w1"
+        assert job.lease_expires_at is not None and job.started_at is not None
+    assert store.claim("w2") == []  # nothing else is due
+    assert store.get(later.id).status is JobStatus.PENDING
+
+
+def test_claim_filters_by_type_and_id(store: JobStore, make_user) -> None:
+    user = make_user()
+    a = enqueue(store, user, job_type="ai.generate").job
+    b = enqueue(store, user, job_type="example.countdown").job
+    assert [j.id for j in store.claim("w", job_types=["ai.generate"], limit=10)] == [a.id]
+    c = enqueue(store, user).job
+    assert [j.id for j in store.claim("w", job_id=c.id, limit=10)] == [c.id]
+    assert [j.id for j in store.claim("w", limit=10)] == [b.id]
+
+
+def test_worker_lifecycle_progress_checkpoint_complete(store: JobStore, make_user) -> None:
+    user = make_user()
+    job = enqueue(store, user).job
+    [running] = store.claim("w1", lease_seconds=30)
+    beat = store.heartbeat(job.id, "w1", lease_seconds=600)
+    assert beat.lease_expires_at > running.lease_expires_at
+    p = store.progress(job.id, "w1", 40, "Analyzing batch 2 of 5")
+    assert (p.progress, p.progress_message) == (40, "Analyzing batch 2 of 5")
+    c = store.checkpoint(job.id, "w1", "batch-1", {"items": [1, 2]}, usage={"input_tokens": 10, "cost_usd": 0.5})
+    c = store.checkpoint(job.id, "w1", "batch-2", None, usage={"input_tokens": 5, "cost_usd": 0.25, "model": "m"})
+    assert c.checkpoints == {"batch-1": {"items": [1, 2]}, "batch-2": None}
+    assert c.usage == {"input_tokens": 15, "cost_usd": 0.75, "model": "m"}
+    done = store.complete(job.id, "w1", {"text": "hi"}, usage={"output_tokens": 7})
+    assert done.status is JobStatus.COMPLETED and done.result == {"text": "hi"} and done.progress == 100
+    assert done.finished_at is not None and done.locked_by is None and done.lease_expires_at is None
+    assert done.usage["output_tokens"] == 7 and done.usage["input_tokens"] == 15
+    assert done.updated_at > c.updated_at
+    with pytest.raises(LeaseLostError):
+        store.complete(job.id, "w1", {"text": "again"})
+
+
+def test_other_worker_cannot_touch_a_leased_job(store: JobStore, make_user) -> None:
+    job = enqueue(store, make_user()).job
+    store.claim("owner")
+    for call in (
+        lambda: store.heartbeat(job.id, "intruder"),
+        lambda: store.progress(job.id, "intruder", 10),
+        lambda: store.checkpoint(job.id, "intruder", "s", 1),
+        lambda: store.complete(job.id, "intruder", 1),
+        lambda: store.fail(job.id, "intruder", FATAL),
+        lambda: store.release(job.id, "intruder"),
+    ):
+        with pytest.raises(LeaseLostError):
+            call()
+    with pytest.raises(JobNotFoundError):
+        store.heartbeat(uuid.uuid4(), "owner")
+
+
+def test_retryable_failure_backs_off_with_jitter_until_max_attempts(store: JobStore, make_user, db) -> None:
+    job = enqueue(store, make_user(), max_attempts=3).job
+    delays = []
+    for attempt in (1, 2):
+        [claimed] = store.claim("w", job_id=job.id)
+        assert claimed.attempts == attempt
+        before = datetime.now(UTC)
+        failed = store.fail(job.id, "w", RETRYABLE, backoff_base_seconds=10)
+        assert failed.status is JobStatus.PENDING and failed.error == RETRYABLE
+        delays.append((failed.run_at - before).total_seconds())
+        assert store.claim("w", job_id=job.id) == []  # not due yet
+        db.execute("update public.ai_jobs set run_at = now() where id = %s", (job.id,))
+    # base 10 s * 2^(attempt-1), scaled by a jitter factor in [0.5, 1]
+    assert 4.5 <= delays[0] <= 10.5
+    assert 9.5 <= delays[1] <= 20.5
+    store.claim("w", job_id=job.id)
+    final = store.fail(job.id, "w", RETRYABLE)
+    assert final.status is JobStatus.FAILED and final.attempts == 3 and final.finished_at is not None
+
+
+def test_retry_at_is_honoured(store: JobStore, make_user) -> None:
+    job = enqueue(store, make_user()).job
+    store.claim("w")
+    at = datetime.now(UTC) + timedelta(seconds=90)
+    failed = store.fail(job.id, "w", RETRYABLE, retry_at=at)
+    assert failed.status is JobStatus.PENDING
+    assert abs((failed.run_at - at).total_seconds()) < 0.01
+
+
+def test_non_retryable_failure_fails_at_once(store: JobStore, make_user) -> None:
+    job = enqueue(store, make_user(), max_attempts=5).job
+    store.claim("w")
+    failed = store.fail(job.id, "w", FATAL, usage={"input_tokens": 3})
+    assert failed.status is JobStatus.FAILED and failed.attempts == 1
+    assert failed.error == FATAL and failed.usage == {"input_tokens": 3}
+
+
+def test_release_does_not_spend_an_attempt_and_keeps_checkpoints(store: JobStore, make_user) -> None:
+    job = enqueue(store, make_user(), max_attempts=1).job
+    for step in ("one", "two", "three"):
+        [claimed] = store.claim("w", job_id=job.id)
+        assert claimed.attempts == 1
+        store.checkpoint(job.id, "w", step, step.upper())
+        released = store.release(job.id, "w")
+        assert released.status is JobStatus.PENDING and released.attempts == 0
+    assert store.get(job.id).checkpoints == {"one": "ONE", "two": "TWO", "three": "THREE"}
+
+
+def test_cancel_pending_is_immediate(store: JobStore, make_user) -> None:
+    user = make_user()
+    job = enqueue(store, user).job
+    cancelled = store.request_cancel(job.id, user_id=user)
+    assert cancelled.status is JobStatus.CANCELLED and cancelled.finished_at is not None
+    assert store.request_cancel(job.id, user_id=user).status is JobStatus.CANCELLED  # idempotent
+    assert store.claim("w") == []
+
+
+def test_cancel_running_flags_and_worker_stops(store: JobStore, make_user) -> None:
+    user = make_user()
+    job = enqueue(store, user).job
+    store.claim("w")
+    flagged = store.request_cancel(job.id, user_id=user)
+    assert flagged.status is JobStatus.RUNNING and flagged.cancel_requested_at is not None
+    seen = store.progress(job.id, "w", 50)  # the worker learns of it from any write
+    assert seen.cancel_requested_at is not None
+    stopped = store.mark_cancelled(job.id, "w")
+    assert stopped.status is JobStatus.CANCELLED and stopped.locked_by is None
+
+
+def test_cancel_finished_job_conflicts(store: JobStore, make_user) -> None:
+    job = enqueue(store, make_user()).job
+    store.claim("w")
+    store.complete(job.id, "w", {})
+    with pytest.raises(JobStateError):
+        store.request_cancel(job.id)
+
+
+def test_retry_failed_or_cancelled_keeps_checkpoints(store: JobStore, make_user) -> None:
+    user = make_user()
+    job = enqueue(store, user).job
+    store.claim("w")
+    store.checkpoint(job.id, "w", "step-1", 42)
+    store.fail(job.id, "w", FATAL)
+    again = store.retry(job.id, user_id=user)
+    assert again.status is JobStatus.PENDING and again.attempts == 0 and again.error is None
+    assert again.checkpoints == {"step-1": 42} and again.finished_at is None
+    with pytest.raises(JobStateError):
+        store.retry(job.id, user_id=user)  # pending cannot be retried
+    store.request_cancel(job.id, user_id=user)
+    assert store.retry(job.id, user_id=user).status is JobStatus.PENDING
+
+
+def test_retry_respects_the_cap(store: JobStore, make_user) -> None:
+    user = make_user()
+    job = enqueue(store, user).job
+    store.request_cancel(job.id)
+    enqueue(store, user)
+    with pytest.raises(ActiveJobLimitError):
+        store.retry(job.id, user_id=user, max_active=1)
+
+
+def test_delete_only_finished_jobs(store: JobStore, make_user) -> None:
+    user = make_user()
+    job = enqueue(store, user).job
+    with pytest.raises(JobStateError):
+        store.delete(job.id, user_id=user)
+    store.request_cancel(job.id, user_id=user)
+    assert store.delete(job.id, user_id=user).id == job.id
+    with pytest.raises(JobNotFoundError):
+        store.get(job.id)
+
+
+def test_owner_scoping_hides_other_users_jobs(store: JobStore, make_user) -> None:
+    alice, bob = make_user(), make_user()
+    job = enqueue(store, alice).job
+    for call in (store.get, store.request_cancel, store.retry, store.delete):
+        with pytest.raises(JobNotFoundError):
+            call(job.id, user_id=bob)
+    assert store.list(user_id=bob).jobs == []
+    assert store.get(job.id, user_id=alice).id == job.id
+
+
+def test_list_is_newest_first_and_paginates(store: JobStore, make_user) -> None:
+    user = make_user()
+    ids = [enqueue(store, user, input={"i": i}).job.id for i in range(7)]
+    enqueue(store, make_user())  # someone else's
+    seen = []
+    cursor = None
+    while True:
+        page = store.list(user_id=user, limit=3, cursor=cursor)
+        seen += [j.id for j in page.jobs]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == list(reversed(ids))
+    store.request_cancel(ids[0])
+    assert [j.id for j in store.list(user_id=user, status=JobStatus.CANCELLED).jobs] == [ids[0]]
+    with pytest.raises(InvalidArgumentError):
+        store.list(user_id=user, cursor="not-a-cursor")
+
+
+def test_expired_lease_is_reaped_and_reclaimed(store: JobStore, make_user, db) -> None:
+    job = enqueue(store, make_user(), max_attempts=2).job
+    store.claim("crashed", lease_seconds=30)
+    store.checkpoint(job.id, "crashed", "step-1", "done")
+    db.execute("update public.ai_jobs set lease_expires_at = now() - interval '1 second' where id = %s", (job.id,))
+    [reclaimed] = store.claim("rescuer")  # claim reaps first
+    assert reclaimed.id == job.id and reclaimed.locked_by == "rescuer" and reclaimed.attempts == 2
+    assert reclaimed.checkpoints == {"step-1": "done"}
+    assert reclaimed.error is not None and reclaimed.error.code == "lease_expired"
+    with pytest.raises(LeaseLostError):
+        store.heartbeat(job.id, "crashed")
+    # attempts spent: the next expiry fails the job for good
+    db.execute("update public.ai_jobs set lease_expires_at = now() - interval '1 second' where id = %s", (job.id,))
+    [reaped] = store.reap_expired()
+    assert reaped.status is JobStatus.FAILED and reaped.error.retryable is False
+
+
+def test_reap_cancels_a_job_whose_cancel_was_requested(store: JobStore, make_user, db) -> None:
+    job = enqueue(store, make_user()).job
+    store.claim("w")
+    store.request_cancel(job.id)
+    db.execute("update public.ai_jobs set lease_expires_at = now() - interval '1 second' where id = %s", (job.id,))
+    [reaped] = store.reap_expired()
+    assert reaped.status is JobStatus.CANCELLED
+
+
+def test_purge_respects_retention(store: JobStore, make_user, db) -> None:
+    user = make_user()
+    jobs = {name: enqueue(store, user).job for name in ("old_done", "new_done", "old_failed", "mid_failed")}
+    for name, job in jobs.items():
+        store.claim("w", job_id=job.id)
+        if "done" in name:
+            store.complete(job.id, "w", {})
+        else:
+            store.fail(job.id, "w", FATAL)
+    ages = {"old_done": "31 days", "new_done": "29 days", "old_failed": "8 days", "mid_failed": "6 days"}
+    for name, age in ages.items():
+        db.execute(
+            "update public.ai_jobs set finished_at = now() - %s::interval where id = %s", (age, jobs[name].id)
+        )
+    assert store.purge() == 2
+    remaining = {j.id for j in store.list(user_id=user).jobs}
+    assert remaining == {jobs["new_done"].id, jobs["mid_failed"].id}
+    assert store.purge(completed_retention=timedelta(days=1), failed_retention=timedelta(days=1)) == 2
+
+
+def test_metrics(store: JobStore, make_user) -> None:
+    user = make_user()
+    for _ in range(3):
+        enqueue(store, user, job_type="ai.generate")
+    ok = enqueue(store, user, job_type="ai.match").job
+    bad = enqueue(store, user, job_type="ai.match").job
+    for job in (ok, bad):
+        store.claim("w", job_id=job.id)
+    store.complete(ok.id, "w", {})
+    store.fail(bad.id, "w", FATAL)
+    depth = {(d.job_type, d.status): d.jobs for d in store.queue_depth()}
+    assert depth == {("ai.generate", JobStatus.PENDING): 3}
+    [stats] = store.stats_24h()
+    assert (stats.job_type, stats.completed, stats.failed) == ("ai.match", 1, 1)
+    assert stats.failure_rate == 0.5 and stats.p50_run_seconds is not None and stats.p95_run_seconds >= 0
+
+
+def test_job_type_and_shape_checked_by_the_database(make_user, database_url) -> None:
+    """The CHECK constraints hold even for writes that skip the Python models."""
+    user = make_user()
+    with psycopg.connect(database_url) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(
+            "insert into public.ai_jobs (user_id, job_type, status) values (%s, 'x', 'running')", (user,)
+        )
+    with psycopg.connect(database_url) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute("insert into public.ai_jobs (user_id, job_type) values (%s, 'Bad Type!')", (user,))
+    with psycopg.connect(database_url) as conn, pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(
+            "insert into public.ai_jobs (user_id, job_type, status, finished_at) values (%s, 'a', 'completed', now())",
+            (user,),
+        )
