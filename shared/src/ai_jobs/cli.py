@@ -48,9 +48,11 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     else:
         url = ensure_embedded_database(settings.data_dir)
     console.print("[bold green]ai-jobs dev[/] database ready, schema applied")
-    console.print(f"  DATABASE_URL={url}")
-    console.print(f"  data kept in {settings.data_dir.resolve()}" if not settings.database_url else "")
-    console.print("Press Ctrl-C to stop.")
+    # Plain prints: these lines are copied by people and parsed by tests, never wrapped.
+    print(f"  DATABASE_URL={url}")
+    if not settings.database_url:
+        print(f"  data kept in {settings.data_dir.resolve()}")
+    print("Press Ctrl-C to stop.", flush=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
