@@ -7,6 +7,7 @@ when the last one exits.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,10 @@ _servers: dict[Path, Any] = {}
 def start_embedded_postgres(data_dir: Path) -> str:
     """Start (or attach to) the embedded server; returns its connection URI."""
     try:
-        import pgserver
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); harmless here
+            warnings.simplefilter("ignore")
+            import pgserver
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError(
             "embedded PostgreSQL needs the 'pgserver' package: pip install 'ai-jobs[embedded]', "
@@ -25,7 +29,9 @@ def start_embedded_postgres(data_dir: Path) -> str:
     pgdata = (data_dir / "pgdata").resolve()
     if pgdata not in _servers:
         pgdata.parent.mkdir(parents=True, exist_ok=True)
-        _servers[pgdata] = pgserver.get_server(pgdata, cleanup_mode="stop")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _servers[pgdata] = pgserver.get_server(pgdata, cleanup_mode="stop")
     return str(_servers[pgdata].get_uri())
 
 
