@@ -94,6 +94,58 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """A long-lived worker loop for hosts that are not serverless."""
+    import logging
+    import random
+
+    from ai_jobs.registry import load_job_modules
+    from ai_jobs.runner import Runner
+    from ai_jobs.store import open_store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    registry = load_job_modules()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    lease = args.lease_seconds or settings.lease_seconds
+    with open_store(settings) as store:
+        runner = Runner(store, registry, lease_seconds=lease)
+        print(f"worker {runner.worker_id} serving {', '.join(registry.types())}", flush=True)
+        while not stop.is_set():
+            try:
+                outcomes = runner.run_available(max_jobs=1)
+            except Exception:  # noqa: BLE001 - keep serving; the database may come back
+                logging.getLogger("ai_jobs.worker").exception("worker loop error")
+                outcomes = []
+            if args.once and not outcomes:
+                break
+            if not outcomes:
+                stop.wait(args.poll_interval * random.uniform(0.8, 1.2))
+    return 0
+
+
+def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+    import uuid
+
+    from ai_jobs.service import submit_job
+    from ai_jobs.store import open_store
+
+    try:
+        payload = json.loads(args.input)
+    except ValueError as exc:
+        print(f"ai-jobs: --input is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(payload, dict):
+        print("ai-jobs: --input must be a JSON object", file=sys.stderr)
+        return 2
+    with open_store(settings) as store:
+        result = submit_job(store, uuid.UUID(args.user), args.type, payload, settings=settings, priority=args.priority)
+    print(result.job.model_dump_json(indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ai-jobs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dev", help="start the embedded database with the schema applied")
     p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("worker", help="run jobs in a long-lived loop (hosts that are not serverless)")
+    p.add_argument("--lease-seconds", type=int, default=None, help="lease per job (default AI_JOBS_LEASE_SECONDS)")
+    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls when idle")
+    p.add_argument("--once", action="store_true", help="exit when no job is due")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("enqueue", help="validate and enqueue a job")
+    p.add_argument("type", help="job type, e.g. example.countdown")
+    p.add_argument("--input", default="{}", help="JSON object")
+    p.add_argument("--user", required=True, help="owner's user id (must exist in auth.users)")
+    p.add_argument("--priority", type=int, default=0)
+    p.set_defaults(func=cmd_enqueue)
 
     p = sub.add_parser("stats", help="queue depth and 24 h statistics")
     p.set_defaults(func=cmd_stats)

@@ -1,0 +1,81 @@
+"""Classify Anthropic SDK errors as retryable or fatal, with a message that says what to do."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+
+from ai_jobs.failures import FatalJobError, JobFailure, RetryableJobError
+
+MAX_RETRY_AFTER = timedelta(hours=24)
+
+# Mid-stream SSE `error` events arrive with HTTP 200; these types are transient.
+TRANSIENT_STREAM_ERRORS = {"overloaded_error", "api_error", "rate_limit_error", "timeout_error"}
+
+FATAL_GUIDANCE = {
+    400: ("claude_bad_request", "Claude rejected the request: {msg}. Check the job input (prompt size, max_tokens, schema)."),
+    401: ("claude_auth", "Claude rejected ANTHROPIC_API_KEY: {msg}. Set a valid key for the worker and retry."),
+    402: ("claude_billing", "Anthropic billing problem: {msg}. Fix billing in the Anthropic Console, then retry."),
+    403: ("claude_forbidden", "This API key may not use this model or feature: {msg}."),
+    404: ("claude_not_found", "Claude could not find what was asked for: {msg}. Check AI_JOBS_MODEL or the job's model."),
+    413: ("claude_too_large", "The request is too large for Claude: {msg}. Send less text per job or per batch."),
+    422: ("claude_unprocessable", "Claude could not process the request: {msg}."),
+}
+
+
+def retry_at_from_headers(headers: Mapping[str, str], now: datetime | None = None) -> datetime | None:
+    """`retry-after-ms` or `retry-after` (seconds or an HTTP date) as an absolute time, capped at 24 h."""
+    now = now or datetime.now(UTC)
+    delay: timedelta | None = None
+    raw_ms = headers.get("retry-after-ms")
+    raw = headers.get("retry-after")
+    try:
+        if raw_ms is not None:
+            delay = timedelta(milliseconds=float(raw_ms))
+        elif raw is not None:
+            try:
+                delay = timedelta(seconds=float(raw))
+            except ValueError:
+                delay = parsedate_to_datetime(raw) - now
+    except (ValueError, TypeError, OverflowError):
+        return None
+    if delay is None:
+        return None
+    delay = max(timedelta(0), min(delay, MAX_RETRY_AFTER))
+    return now + delay
+
+
+def classify(exc: Exception) -> JobFailure:
+    import anthropic
+
+    if isinstance(exc, anthropic.APITimeoutError):
+        return RetryableJobError("claude_timeout", "Claude did not answer in time; the job will be retried.")
+    if isinstance(exc, anthropic.APIConnectionError):
+        return RetryableJobError("claude_unreachable", f"Could not reach the Anthropic API: {exc}")
+    if isinstance(exc, anthropic.APIStatusError):
+        status = exc.status_code
+        kind = exc.type or ""
+        msg = exc.api_message or str(exc)
+        if status == 200:  # an error event in the middle of a stream
+            if kind in TRANSIENT_STREAM_ERRORS:
+                return RetryableJobError(f"claude_{kind}", f"Claude stream interrupted ({kind}): {msg}")
+            return FatalJobError(f"claude_{kind or 'stream_error'}", f"Claude stream failed ({kind}): {msg}")
+        if status == 429 and "spend_limit" in (exc.error_code or ""):
+            return FatalJobError(
+                "claude_spend_limit",
+                f"The Anthropic spend limit is reached ({exc.error_code}): {msg}. Raise the limit in the "
+                "Anthropic Console, then retry the job.",
+            )
+        if status in (408, 409, 429) or status >= 500:
+            code = {408: "claude_timeout", 409: "claude_conflict", 429: "claude_rate_limited", 529: "claude_overloaded"}
+            return RetryableJobError(
+                code.get(status, "claude_server_error"),
+                f"Claude answered {status} ({kind or 'error'}): {msg}",
+                retry_at=retry_at_from_headers(exc.response.headers),
+            )
+        code, template = FATAL_GUIDANCE.get(status, (f"claude_http_{status}", "Claude answered {status}: {msg}"))
+        return FatalJobError(code, template.format(msg=msg, status=status))
+    if isinstance(exc, anthropic.AnthropicError):
+        return FatalJobError("claude_client_error", f"Anthropic client error: {exc}")
+    return RetryableJobError("handler_error", f"{type(exc).__name__}: {exc}")

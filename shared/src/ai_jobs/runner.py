@@ -1,0 +1,159 @@
+"""Runner: claim -> run -> complete / fail / release, then drain while budget remains.
+
+One Runner serves both hosts: a serverless invocation (`budget_seconds` set
+to what is left of maxDuration) and the long-lived `ai-jobs worker` loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+from uuid import UUID
+
+from pydantic import ValidationError
+
+from ai_jobs.context import ContinuationNeeded, JobCancelled, JobContext
+from ai_jobs.errors import AiJobsError, LeaseLostError
+from ai_jobs.failures import FatalJobError, JobFailure, RetryableJobError
+from ai_jobs.models import Job
+from ai_jobs.registry import InputValidationError, JobRegistry, registry as default_registry
+from ai_jobs.store.base import JobStore
+
+log = logging.getLogger(__name__)
+
+OutcomeKind = Literal["completed", "failed", "retrying", "cancelled", "continued", "lost"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    job_id: UUID
+    job_type: str
+    kind: OutcomeKind
+    error_code: str | None = None
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class Runner:
+    store: JobStore
+    registry: JobRegistry = field(default_factory=lambda: default_registry)
+    worker_id: str = field(default_factory=default_worker_id)
+    lease_seconds: int = 30
+    progress_interval: float = 0.5
+    # Called with a job id after it was released for continuation (serverless hand-off).
+    request_continuation: Callable[[UUID], None] | None = None
+    clock: Callable[[], float] = time.monotonic
+
+    def run_available(
+        self,
+        *,
+        budget_seconds: float | None = None,
+        job_id: UUID | None = None,
+        max_jobs: int | None = None,
+        min_remaining_seconds: float = 5.0,
+    ) -> list[Outcome]:
+        """Claim and run jobs one at a time until none is due, `max_jobs` ran, or
+        fewer than `min_remaining_seconds` of the budget are left. `job_id` is
+        tried first (the hand-off's job), then any other due job."""
+        deadline = None if budget_seconds is None else self.clock() + budget_seconds
+        outcomes: list[Outcome] = []
+        first = job_id
+        while max_jobs is None or len(outcomes) < max_jobs:
+            if deadline is not None and deadline - self.clock() < min_remaining_seconds:
+                break
+            claimed = self.store.claim(
+                self.worker_id, limit=1, lease_seconds=self.lease_seconds, job_types=self.registry.types(), job_id=first
+            )
+            if not claimed and first is not None:
+                first = None  # the hand-off's job was taken or is not due; drain the rest
+                continue
+            first = None
+            if not claimed:
+                break
+            outcome = self.run_claimed(claimed[0], deadline=deadline)
+            outcomes.append(outcome)
+            if outcome.kind == "continued":
+                break  # the budget is spent: leave the rest to the next invocation
+        return outcomes
+
+    def run_claimed(self, job: Job, *, deadline: float | None = None) -> Outcome:
+        """Run one job this worker holds the lease on, and record how it ended."""
+        ctx = JobContext(
+            job,
+            self.store,
+            self.worker_id,
+            deadline=deadline,
+            lease_seconds=self.lease_seconds,
+            progress_interval=self.progress_interval,
+            clock=self.clock,
+        )
+        try:
+            return self._run(job, ctx)
+        except LeaseLostError:
+            log.warning("job %s: lease lost; another worker owns it now", job.id)
+            return Outcome(job.id, job.job_type, "lost")
+
+    def _run(self, job: Job, ctx: JobContext) -> Outcome:
+        try:
+            definition = self.registry.get(job.job_type)
+            payload = definition.parse_input(job.input)
+            ctx.check_cancelled()
+            with ctx.heartbeats():
+                output = definition.handler(payload, ctx)
+            result = definition.output_model.model_validate(
+                output.model_dump() if hasattr(output, "model_dump") else output
+            )
+        except JobCancelled:
+            ctx.flush_progress()
+            self.store.mark_cancelled(job.id, self.worker_id, usage=ctx.take_usage())
+            return Outcome(job.id, job.job_type, "cancelled")
+        except ContinuationNeeded as why:
+            ctx.flush_progress()
+            self.store.release(job.id, self.worker_id, usage=ctx.take_usage())
+            log.info("job %s: continuing in a new invocation (%s)", job.id, why)
+            if self.request_continuation is not None:
+                try:
+                    self.request_continuation(job.id)
+                except Exception:  # noqa: BLE001 - the sweeper re-dispatches anything missed
+                    log.exception("job %s: continuation request failed; the sweeper will pick it up", job.id)
+            return Outcome(job.id, job.job_type, "continued")
+        except LeaseLostError:
+            raise
+        except InputValidationError as exc:
+            return self._fail(job, ctx, FatalJobError("invalid_input", f"{exc.message}: {exc.errors}"))
+        except ValidationError as exc:
+            return self._fail(
+                job, ctx, FatalJobError("invalid_output", f"handler returned output that does not match its model: {exc}")
+            )
+        except JobFailure as failure:
+            return self._fail(job, ctx, failure)
+        except AiJobsError as exc:
+            # the store failed under the handler: the queue will try again
+            return self._fail(job, ctx, RetryableJobError(exc.code, exc.message))
+        except Exception as exc:  # noqa: BLE001 - an unclassified bug in a handler
+            log.exception("job %s (%s) raised", job.id, job.job_type)
+            return self._fail(job, ctx, RetryableJobError("handler_error", f"{type(exc).__name__}: {exc}"))
+        ctx.flush_progress()
+        self.store.complete(job.id, self.worker_id, result.model_dump(mode="json"), usage=ctx.take_usage())
+        return Outcome(job.id, job.job_type, "completed")
+
+    def _fail(self, job: Job, ctx: JobContext, failure: JobFailure) -> Outcome:
+        try:
+            ctx.flush_progress()
+        except AiJobsError:
+            pass
+        row = self.store.fail(
+            job.id, self.worker_id, failure.to_error(), retry_at=failure.retry_at, usage=ctx.take_usage()
+        )
+        kind: OutcomeKind = "retrying" if row.status == "pending" else ("cancelled" if row.status == "cancelled" else "failed")
+        log.info("job %s: %s (%s: %s)", job.id, kind, failure.code, failure.message)
+        return Outcome(job.id, job.job_type, kind, failure.code)
