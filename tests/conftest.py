@@ -31,6 +31,17 @@ def make_token(role: str, sub: str | None = None, **extra: object) -> str:
     return jwt.encode(claims, JWT_SECRET, algorithm="HS256")
 
 
+def user_token(user_id: uuid.UUID, **overrides: object) -> str:
+    """A Supabase-style access token for a signed-in user."""
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "sub": str(user_id), "role": "authenticated", "aud": "authenticated", "iat": now, "exp": now + 3600,
+    }
+    claims.update(overrides)
+    secret = str(claims.pop("_secret", JWT_SECRET))
+    return jwt.encode({k: v for k, v in claims.items() if v is not None}, secret, algorithm="HS256")
+
+
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A fresh, migrated database for this test session."""

@@ -32,7 +32,7 @@ def test_migrate_command_against_database_url(fresh_database: str) -> None:  # n
 
 
 def _start_dev(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(AI_JOBS + ["dev"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(AI_JOBS + ["dev", "--port", "0", "--sweep-interval", "0"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60
     url = ""
     assert proc.stdout is not None

@@ -643,6 +643,23 @@ begin
 end
 $$;
 
+-- Due pending jobs nobody picked up for a while (a hand-off that never arrived):
+-- the sweeper asks for worker invocations for them.
+create or replace function public.ai_jobs_stale_pending_v1(
+  p_older_than_seconds integer default 60,
+  p_limit integer default 100
+)
+returns setof public.ai_jobs
+language sql stable
+set search_path = ''
+as $$
+  select * from public.ai_jobs j
+  where j.status = 'pending'
+    and j.run_at <= now() - make_interval(secs => greatest(p_older_than_seconds, 0))
+  order by j.priority desc, j.run_at, j.id
+  limit greatest(coalesce(p_limit, 100), 1)
+$$;
+
 -- Metrics -------------------------------------------------------------------------
 
 create or replace view public.ai_jobs_queue_depth

@@ -1,30 +1,59 @@
-"""`ai-jobs` command line: local database, migrations and queue inspection."""
+"""`ai-jobs` command line: the local stack, migrations, workers and queue inspection."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import signal
 import sys
 import threading
+import time
+import uuid
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from ai_jobs.settings import Settings
 
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
 
 def _database_url(settings: Settings) -> str:
-    """DATABASE_URL, or the embedded server (started if needed)."""
+    """DATABASE_URL, or the embedded server (started, and migrated, if needed)."""
     if settings.database_url:
         return settings.database_url
-    from ai_jobs.database.embedded import start_embedded_postgres
+    from ai_jobs.database.embedded import ensure_embedded_database
 
-    return start_embedded_postgres(settings.data_dir)
+    return ensure_embedded_database(settings.data_dir)
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    return stop
+
+
+def _load_app_factory() -> Any:
+    """functions/app.py composes the Vercel handlers; it lives beside shared/."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    from functions.app import create_app
+
+    return create_app
+
+
+# -- database ----------------------------------------------------------------------------
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from ai_jobs.database.embedded import start_embedded_postgres
     from ai_jobs.database.migrations import migrate
 
+    url = settings.database_url or start_embedded_postgres(settings.data_dir)
     standin = {"auto": None, "yes": True, "no": False}[args.standin]
-    report = migrate(_database_url(settings), standin=standin)
+    report = migrate(url, standin=standin)
     if report.standin_applied:
         print("local Supabase stand-in: applied (this database is not Supabase)")
     for name in report.applied:
@@ -34,31 +63,250 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+# -- serving -----------------------------------------------------------------------------
+
+
+def _serve(settings: Settings, args: argparse.Namespace, banner: list[str]) -> int:
     from rich.console import Console
 
-    from ai_jobs.database.embedded import ensure_embedded_database
+    from ai_jobs.http import operations
+    from ai_jobs.http.server import serve
+    from ai_jobs.http.services import Services
 
-    console = Console()
+    create_app = _load_app_factory()
+    holder: dict[str, Services] = {}
+
+    def app_factory(url: str) -> Any:
+        configured = settings if settings.worker_url else settings.model_copy(update={"worker_url": url})
+        holder["svc"] = Services(settings=configured)
+        return create_app(holder["svc"], serve_public=not args.no_public)
+
+    def ready(url: str) -> None:
+        console = Console()
+        console.print(f"[bold green]ai-jobs[/] serving on {url}")
+        for line in banner:
+            print(line)
+        print(f"  API        {url}/api/health   OpenAPI {url}/api/openapi.json")
+        if not args.no_public:
+            print(f"  demo       {url}/")
+        print("Press Ctrl-C to stop.", flush=True)
+
+    stop = _stop_on_signals()
+    serve(
+        app_factory,
+        host=args.host,
+        port=args.port,
+        sweep=lambda: operations.run_sweep(holder["svc"]),
+        sweep_interval=args.sweep_interval,
+        on_ready=ready,
+        stop=stop,
+    )
+    holder["svc"].close()
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return _serve(settings, args, [])
+
+
+def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    """Embedded PostgreSQL + migrations + API + hand-off to a local worker + public/."""
+    from ai_jobs.devtools import dev_secrets, ensure_user, mint_token
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    url = _database_url(settings)
     if settings.database_url:
         from ai_jobs.database.migrations import migrate
 
-        url = settings.database_url
         migrate(url)
-    else:
-        url = ensure_embedded_database(settings.data_dir)
-    console.print("[bold green]ai-jobs dev[/] database ready, schema applied")
-    # Plain prints: these lines are copied by people and parsed by tests, never wrapped.
-    print(f"  DATABASE_URL={url}")
-    if not settings.database_url:
-        print(f"  data kept in {settings.data_dir.resolve()}")
-    print("Press Ctrl-C to stop.", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    secrets = dev_secrets(settings.data_dir)
+    settings = settings.model_copy(
+        update={
+            "store": "postgres",
+            "database_url": url,
+            "jwt_secret": settings.jwt_secret or secrets.jwt_secret,
+            "worker_secret": settings.worker_secret or secrets.worker_secret,
+            "cron_secret": settings.cron_secret or secrets.cron_secret,
+        }
+    )
+    user_id = ensure_user(url, "dev@localhost")
+    token = mint_token(settings.jwt_secret or "", user_id, email="dev@localhost")
+    banner = [
+        "  database ready, schema applied",
+        f"  DATABASE_URL={url}",
+        f"  data kept in {settings.data_dir.resolve()}" if not Settings.from_env().database_url else "",
+        f"  dev user   dev@localhost ({user_id})",
+        f"  AI_JOBS_TOKEN={token}",
+        "  more users: ai-jobs token --user someone@example.com",
+    ]
+    return _serve(settings, args, [line for line in banner if line])
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from ai_jobs.devtools import dev_secrets, ensure_user, mint_token
+
+    url = _database_url(settings)
+    secret = settings.jwt_secret or dev_secrets(settings.data_dir).jwt_secret
+    user_id = ensure_user(url, args.user)
+    email = None if _is_uuid(args.user) else args.user
+    print(mint_token(secret, user_id, email=email, ttl_seconds=args.ttl, issuer=settings.jwt_issuer()))
+    return 0
+
+
+def _is_uuid(value: str) -> bool:
     try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
+        uuid.UUID(value)
+        return True
+    except ValueError:
+        return False
+
+
+# -- workers -----------------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """A long-lived worker loop for hosts that are not serverless."""
+    import random
+
+    from ai_jobs.registry import load_job_modules
+    from ai_jobs.runner import Runner
+    from ai_jobs.store import open_store
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    registry = load_job_modules()
+    stop = _stop_on_signals()
+    with open_store(settings) as store:
+        runner = Runner(store, registry, lease_seconds=args.lease_seconds or settings.lease_seconds)
+        print(f"worker {runner.worker_id} serving {', '.join(registry.types())}", flush=True)
+        while not stop.is_set():
+            try:
+                outcomes = runner.run_available(max_jobs=1)
+            except Exception:  # noqa: BLE001 - keep serving; the database may come back
+                logging.getLogger("ai_jobs.worker").exception("worker loop error")
+                outcomes = []
+            if args.once and not outcomes:
+                break
+            if not outcomes:
+                stop.wait(args.poll_interval * random.uniform(0.8, 1.2))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
+    from ai_jobs.registry import load_job_modules
+    from ai_jobs.runner import Runner
+    from ai_jobs.store import open_store
+    from ai_jobs.sweep import sweep
+
+    with open_store(settings) as store:
+        report = sweep(
+            store,
+            Runner(store, load_job_modules(), lease_seconds=settings.lease_seconds),
+            None,
+            stale_pending_seconds=settings.stale_pending_seconds,
+            budget_seconds=args.budget,
+        )
+    print(report.model_dump_json(indent=2))
+    return 0
+
+
+# -- jobs ------------------------------------------------------------------------------------
+
+
+def _watch(store: Any, job_id: uuid.UUID, interval: float = 0.5) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console()
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("waiting", total=100)
+        while True:
+            job = store.get(job_id)
+            label = f"{job.job_type} [{job.status.value}] {job.progress_message or ''}".strip()
+            bar.update(task, completed=job.progress, description=label)
+            if job.is_terminal:
+                break
+            time.sleep(interval)
+    if job.status.value == "completed":
+        console.print_json(json.dumps(job.result))
+        if job.usage:
+            console.print(f"usage: {json.dumps(job.usage)}")
+        return 0
+    console.print(f"[bold red]{job.status.value}[/]: {job.error.message if job.error else ''}")
+    return 1
+
+
+def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+    from ai_jobs.service import submit_job
+    from ai_jobs.store import open_store
+
+    try:
+        payload = json.loads(args.input)
+    except ValueError as exc:
+        print(f"ai-jobs: --input is not valid JSON: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(payload, dict):
+        print("ai-jobs: --input must be a JSON object", file=sys.stderr)
+        return 2
+    settings = _local(settings)
+    from ai_jobs.devtools import ensure_user
+
+    with open_store(settings) as store:
+        user_id = ensure_user(settings.database_url, args.user) if settings.database_url else uuid.UUID(args.user)
+        result = submit_job(store, user_id, args.type, payload, settings=settings, priority=args.priority)
+        print(f"{'enqueued' if result.created else 'existing'} {result.job.id}", flush=True)
+        if args.watch:
+            return _watch(store, result.job.id)
+    return 0
+
+
+def _local(settings: Settings) -> Settings:
+    """Operator commands use DATABASE_URL, the Supabase REST store, or the embedded database."""
+    if settings.resolved_store() == "embedded":
+        return settings.model_copy(update={"store": "postgres", "database_url": _database_url(settings)})
+    return settings
+
+
+def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
+    from ai_jobs.store import open_store
+
+    with open_store(_local(settings)) as store:
+        return _watch(store, uuid.UUID(args.job_id))
+
+
+def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from ai_jobs.models import JobStatus
+    from ai_jobs.store import open_store
+
+    with open_store(_local(settings)) as store:
+        page = store.list(
+            user_id=uuid.UUID(args.user) if args.user else None,
+            status=JobStatus(args.status) if args.status else None,
+            job_type=args.type,
+            limit=args.limit,
+        )
+    table = Table()
+    for col in ("id", "type", "status", "progress", "attempts", "created"):
+        table.add_column(col)
+    for job in page.jobs:
+        table.add_row(str(job.id), job.job_type, job.status.value, f"{job.progress}%",
+                      f"{job.attempts}/{job.max_attempts}", job.created_at.isoformat(timespec="seconds"))
+    Console().print(table)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from ai_jobs.store import open_store
+
+    with open_store(_local(settings)) as store:
+        job = store.request_cancel(uuid.UUID(args.job_id))
+    print(f"{job.id} {job.status.value}{' (cancel requested)' if job.status.value == 'running' else ''}")
     return 0
 
 
@@ -68,7 +316,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
 
     from ai_jobs.store import open_store
 
-    with open_store(settings) as store:
+    with open_store(_local(settings)) as store:
         depth = store.queue_depth()
         stats = store.stats_24h()
     console = Console()
@@ -86,81 +334,43 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
         return "" if value is None else f"{value:.2f}"
 
     for s in stats:
-        table.add_row(
-            s.job_type, str(s.completed), str(s.failed), str(s.cancelled),
-            fmt(s.failure_rate), fmt(s.p50_run_seconds), fmt(s.p95_run_seconds),
-        )
+        table.add_row(s.job_type, str(s.completed), str(s.failed), str(s.cancelled),
+                      fmt(s.failure_rate), fmt(s.p50_run_seconds), fmt(s.p95_run_seconds))
     console.print(table)
     return 0
 
 
-def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    """A long-lived worker loop for hosts that are not serverless."""
-    import logging
-    import random
-
-    from ai_jobs.registry import load_job_modules
-    from ai_jobs.runner import Runner
-    from ai_jobs.store import open_store
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    registry = load_job_modules()
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    lease = args.lease_seconds or settings.lease_seconds
-    with open_store(settings) as store:
-        runner = Runner(store, registry, lease_seconds=lease)
-        print(f"worker {runner.worker_id} serving {', '.join(registry.types())}", flush=True)
-        while not stop.is_set():
-            try:
-                outcomes = runner.run_available(max_jobs=1)
-            except Exception:  # noqa: BLE001 - keep serving; the database may come back
-                logging.getLogger("ai_jobs.worker").exception("worker loop error")
-                outcomes = []
-            if args.once and not outcomes:
-                break
-            if not outcomes:
-                stop.wait(args.poll_interval * random.uniform(0.8, 1.2))
-    return 0
+# -- parser ------------------------------------------------------------------------------------
 
 
-def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    import json
-    import uuid
-
-    from ai_jobs.service import submit_job
-    from ai_jobs.store import open_store
-
-    try:
-        payload = json.loads(args.input)
-    except ValueError as exc:
-        print(f"ai-jobs: --input is not valid JSON: {exc}", file=sys.stderr)
-        return 2
-    if not isinstance(payload, dict):
-        print("ai-jobs: --input must be a JSON object", file=sys.stderr)
-        return 2
-    with open_store(settings) as store:
-        result = submit_job(store, uuid.UUID(args.user), args.type, payload, settings=settings, priority=args.priority)
-    print(result.job.model_dump_json(indent=2))
-    return 0
+def _server_options(p: argparse.ArgumentParser, port: int) -> None:
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=port, help="0 picks a free port")
+    p.add_argument("--sweep-interval", type=float, default=15.0, help="seconds between local sweeps (0: off)")
+    p.add_argument("--no-public", action="store_true", help="do not serve public/")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ai-jobs", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("migrate", help="apply supabase/migrations to DATABASE_URL or the embedded database")
-    p.add_argument(
-        "--standin",
-        choices=("auto", "yes", "no"),
-        default="auto",
-        help="apply the local Supabase stand-in (auto: only when the database is not Supabase)",
-    )
-    p.set_defaults(func=cmd_migrate)
-
-    p = sub.add_parser("dev", help="start the embedded database with the schema applied")
+    p = sub.add_parser("dev", help="embedded database, API, local worker hand-off and demo page")
+    _server_options(p, 8000)
     p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("serve", help="serve the API with the configured database and secrets")
+    _server_options(p, 8000)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("token", help="print an access token for a dev user (created if missing)")
+    p.add_argument("--user", required=True, help="email or user id")
+    p.add_argument("--ttl", type=int, default=7 * 24 * 3600, help="seconds until it expires")
+    p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("migrate", help="apply supabase/migrations to DATABASE_URL or the embedded database")
+    p.add_argument("--standin", choices=("auto", "yes", "no"), default="auto",
+                   help="apply the local Supabase stand-in (auto: only when the database is not Supabase)")
+    p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("worker", help="run jobs in a long-lived loop (hosts that are not serverless)")
     p.add_argument("--lease-seconds", type=int, default=None, help="lease per job (default AI_JOBS_LEASE_SECONDS)")
@@ -168,12 +378,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="exit when no job is due")
     p.set_defaults(func=cmd_worker)
 
+    p = sub.add_parser("sweep", help="reap expired leases, purge old jobs, run due jobs")
+    p.add_argument("--budget", type=float, default=60.0, help="seconds to spend running due jobs")
+    p.set_defaults(func=cmd_sweep)
+
     p = sub.add_parser("enqueue", help="validate and enqueue a job")
     p.add_argument("type", help="job type, e.g. example.countdown")
     p.add_argument("--input", default="{}", help="JSON object")
-    p.add_argument("--user", required=True, help="owner's user id (must exist in auth.users)")
+    p.add_argument("--user", default="dev@localhost", help="owner: email or user id (dev users are created)")
     p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--watch", action="store_true", help="show a progress bar until the job ends")
     p.set_defaults(func=cmd_enqueue)
+
+    p = sub.add_parser("watch", help="progress bar for one job until it ends")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("list", help="recent jobs, newest first")
+    p.add_argument("--user", default=None, help="only this owner's jobs (user id)")
+    p.add_argument("--status", choices=("pending", "running", "completed", "failed", "cancelled"))
+    p.add_argument("--type", default=None)
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("cancel", help="cancel a job (running jobs stop at their next step)")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("stats", help="queue depth and 24 h statistics")
     p.set_defaults(func=cmd_stats)
@@ -188,8 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: a message, not a traceback
         from ai_jobs.errors import AiJobsError
 
-        if isinstance(exc, (AiJobsError, RuntimeError, ValueError, FileNotFoundError)):
-            print(f"ai-jobs: {exc}", file=sys.stderr)
+        if isinstance(exc, (AiJobsError, ValueError, RuntimeError, FileNotFoundError)):
+            errors = getattr(exc, "errors", None)
+            print(f"ai-jobs: {exc}" + (f"\n{json.dumps(errors, indent=2)}" if errors else ""), file=sys.stderr)
             return 1
         raise
 

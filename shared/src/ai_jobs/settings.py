@@ -28,6 +28,42 @@ class Settings(BaseModel):
     lease_seconds: int = Field(default=30, ge=1, le=3600)
     pool_max_size: int = Field(default=10, ge=1, le=100)
 
+    # Auth: Supabase access tokens (asymmetric keys via JWKS, or the legacy HS256 secret).
+    jwt_secret: str | None = None
+    jwks_url: str | None = None
+    jwt_audience: str = "authenticated"
+    # Internal endpoints.
+    worker_secret: str | None = None
+    cron_secret: str | None = None
+    # Hand-off: where /api/internal/work lives, and how long a create may wait for it.
+    worker_url: str | None = None
+    protection_bypass_secret: str | None = None
+    handoff_wait_seconds: float = Field(default=0.05, ge=0, le=5)
+    # Worker invocations: seconds of work per invocation (keep below maxDuration).
+    worker_budget_seconds: float = Field(default=270, gt=0)
+    # Requests.
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    max_input_depth: int = Field(default=32, ge=1, le=200)
+    stale_pending_seconds: int = Field(default=60, ge=1)
+
+    def jwt_issuer(self) -> str | None:
+        """Supabase signs user tokens with iss = <SUPABASE_URL>/auth/v1."""
+        return f"{self.supabase_url.rstrip('/')}/auth/v1" if self.supabase_url else None
+
+    def resolved_jwks_url(self) -> str | None:
+        if self.jwks_url:
+            return self.jwks_url
+        if self.supabase_url:
+            return f"{self.supabase_url.rstrip('/')}/auth/v1/.well-known/jwks.json"
+        return None
+
+    def resolved_worker_url(self) -> str | None:
+        """Explicit AI_JOBS_WORKER_URL, else this Vercel deployment's own URL."""
+        if self.worker_url:
+            return self.worker_url.rstrip("/")
+        vercel_url = os.environ.get("VERCEL_URL")
+        return f"https://{vercel_url}" if vercel_url else None
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
@@ -40,6 +76,18 @@ class Settings(BaseModel):
             or None,
         }
         optional = {
+            "jwt_secret": "SUPABASE_JWT_SECRET",
+            "jwks_url": "SUPABASE_JWKS_URL",
+            "jwt_audience": "AI_JOBS_JWT_AUDIENCE",
+            "worker_secret": "WORKER_SECRET",
+            "cron_secret": "CRON_SECRET",
+            "worker_url": "AI_JOBS_WORKER_URL",
+            "protection_bypass_secret": "VERCEL_AUTOMATION_BYPASS_SECRET",
+            "handoff_wait_seconds": "AI_JOBS_HANDOFF_WAIT_SECONDS",
+            "worker_budget_seconds": "AI_JOBS_WORKER_BUDGET_SECONDS",
+            "max_body_bytes": "AI_JOBS_MAX_BODY_BYTES",
+            "max_input_depth": "AI_JOBS_MAX_INPUT_DEPTH",
+            "stale_pending_seconds": "AI_JOBS_STALE_PENDING_SECONDS",
             "data_dir": "AI_JOBS_DATA_DIR",
             "max_active_per_user": "AI_JOBS_MAX_ACTIVE_PER_USER",
             "lease_seconds": "AI_JOBS_LEASE_SECONDS",

@@ -59,6 +59,7 @@ GET = SqlFunction("ai_jobs_get_v1")
 LIST = SqlFunction("ai_jobs_list_v1")
 REAP = SqlFunction("ai_jobs_reap_v1")
 PURGE = SqlFunction("ai_jobs_purge_v1", returns_set=False)
+STALE_PENDING = SqlFunction("ai_jobs_stale_pending_v1")
 QUEUE_DEPTH = SqlFunction("ai_jobs_queue_depth_v1")
 STATS_24H = SqlFunction("ai_jobs_stats_24h_v1")
 
@@ -308,6 +309,10 @@ class JobStore(ABC):
     def reap_expired(self, *, limit: int = 100) -> list[Job]:
         """Running jobs past their lease -> pending (or failed when attempts are spent)."""
         return self._jobs(REAP, {"p_limit": limit})
+
+    def stale_pending(self, *, older_than_seconds: int = 60, limit: int = 100) -> list[Job]:
+        """Due jobs left pending longer than `older_than_seconds` (missed hand-offs)."""
+        return self._jobs(STALE_PENDING, {"p_older_than_seconds": older_than_seconds, "p_limit": limit})
 
     def purge(
         self,

@@ -1,0 +1,1 @@
+"""Vercel HTTP handlers. Each module exposes `handler(request)`; app.py composes them."""

@@ -1,0 +1,86 @@
+"""Hand-off: ask for a worker invocation (POST /api/internal/work) without
+letting a slow or failed request hold up the caller.
+
+The request runs on a background thread; the caller waits at most
+`wait_seconds` for it to be sent. The worker invocation keeps running after
+we stop listening (Vercel does not cancel it on disconnect). Anything a
+hand-off misses, the sweeper and every worker's own draining pick up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from uuid import UUID
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        worker_url: str | None,
+        worker_secret: str | None,
+        *,
+        bypass_secret: str | None = None,
+        wait_seconds: float = 0.05,
+        connect_timeout: float = 2.0,
+        response_timeout: float = 0.5,
+    ) -> None:
+        self.url = f"{worker_url.rstrip('/')}/api/internal/work" if worker_url else None
+        self.secret = worker_secret
+        self.wait_seconds = wait_seconds
+        headers = {"content-type": "application/json"}
+        if worker_secret:
+            headers["authorization"] = f"Bearer {worker_secret}"
+        if bypass_secret:
+            headers["x-vercel-protection-bypass"] = bypass_secret
+        # A read timeout right after sending: we only need the request delivered.
+        self._client = httpx.Client(
+            headers=headers, timeout=httpx.Timeout(response_timeout, connect=connect_timeout)
+        )
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ai-jobs-handoff")
+        self._lock = threading.Lock()
+        self.sent = 0
+        self.failed = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url and self.secret)
+
+    def dispatch(self, job_id: UUID | None = None, *, wait: bool = True) -> Future[bool] | None:
+        """Request a worker invocation (for `job_id` first, then whatever is due)."""
+        if not self.enabled:
+            log.debug("hand-off disabled (no worker URL or WORKER_SECRET)")
+            return None
+        future = self._pool.submit(self._send, job_id)
+        if wait and self.wait_seconds > 0:
+            try:
+                future.result(timeout=self.wait_seconds)
+            except FutureTimeout:
+                pass
+        return future
+
+    def _send(self, job_id: UUID | None) -> bool:
+        assert self.url is not None
+        body = {"job_id": str(job_id)} if job_id else {}
+        try:
+            self._client.post(self.url, json=body)
+        except httpx.ReadTimeout:
+            pass  # delivered; the worker is busy running the job, as intended
+        except httpx.HTTPError as exc:
+            with self._lock:
+                self.failed += 1
+            log.warning("hand-off to %s failed (%s); the sweeper will pick the job up", self.url, exc)
+            return False
+        with self._lock:
+            self.sent += 1
+        return True
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._client.close()

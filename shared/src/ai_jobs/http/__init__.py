@@ -1,0 +1,1 @@
+"""HTTP layer support: what the thin Vercel handlers in functions/ call."""

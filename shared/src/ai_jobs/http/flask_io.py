@@ -1,0 +1,109 @@
+"""Parsing and responding for the Flask handlers: strict JSON bodies with size,
+depth and type limits, query strings through pydantic, problem+json errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, TypeVar
+from uuid import UUID
+
+from flask import Request, Response, current_app
+from pydantic import BaseModel, ValidationError
+
+from ai_jobs.http.problems import PROBLEM_JSON, Problem, field_errors
+from ai_jobs.http.services import Services
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def services() -> Services:
+    return current_app.extensions["ai_jobs"]
+
+
+def json_response(body: BaseModel | Mapping[str, Any] | None, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    if body is None:
+        return Response(status=status, headers=dict(headers or {}))
+    text = body.model_dump_json() if isinstance(body, BaseModel) else json.dumps(body)
+    return Response(text, status=status, mimetype="application/json", headers=dict(headers or {}))
+
+
+def problem_response(problem: Problem) -> Response:
+    return Response(json.dumps(problem.body()), status=problem.status, mimetype=PROBLEM_JSON, headers=problem.headers)
+
+
+def json_problem(value: Any, max_depth: int) -> str | None:
+    """What PostgreSQL's jsonb or our limits would refuse in a JSON value: nesting
+    deeper than `max_depth`, or a NUL character in a key or string. Iterative."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return "JSON strings must not contain the NUL character (\\u0000)"
+        elif isinstance(item, (dict, list)):
+            if depth > max_depth:
+                return f"JSON nested deeper than {max_depth} levels"
+            if isinstance(item, dict):
+                stack.extend((key, depth) for key in item)
+                stack.extend((child, depth + 1) for child in item.values())
+            else:
+                stack.extend((child, depth + 1) for child in item)
+    return None
+
+
+def read_json(request: Request, model: type[M], *, max_bytes: int, max_depth: int, allow_empty: bool = False) -> M:
+    """The body as `model`, or a 4xx Problem that says exactly what is wrong."""
+    length = request.content_length
+    if length is not None and length > max_bytes:
+        raise Problem(413, "body_too_large", f"request body is {length} bytes; the limit is {max_bytes}")
+    raw = request.get_data(cache=False)
+    if len(raw) > max_bytes:
+        raise Problem(413, "body_too_large", f"request body exceeds {max_bytes} bytes")
+    if not raw.strip():
+        if allow_empty:
+            return model()
+        raise Problem(400, "empty_body", "request body is empty; send a JSON object")
+    mimetype = request.mimetype or ""
+    if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise Problem(415, "unsupported_media_type", f"send Content-Type: application/json (got {mimetype})")
+    try:
+        data = json.loads(raw)
+    except UnicodeDecodeError:
+        raise Problem(400, "invalid_json", "request body is not UTF-8 JSON") from None
+    except RecursionError:
+        raise Problem(422, "too_deep", f"JSON nested deeper than {max_depth} levels") from None
+    except ValueError as exc:
+        raise Problem(400, "invalid_json", f"request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise Problem(422, "invalid_body", f"request body must be a JSON object, not {type(data).__name__}")
+    issue = json_problem(data, max_depth)
+    if issue is not None:
+        raise Problem(422, "invalid_json_value", issue)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = field_errors(exc.errors(include_url=False, include_context=False, include_input=False))
+        raise Problem(422, "invalid_body", "request body failed validation", errors=errors) from None
+
+
+def read_query(request: Request, model: type[M]) -> M:
+    values: dict[str, str] = {}
+    for key in request.args:
+        items = request.args.getlist(key)
+        if len(items) > 1:
+            raise Problem(400, "invalid_query", f"query parameter {key!r} given {len(items)} times")
+        values[key] = items[0]
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        errors = field_errors(exc.errors(include_url=False, include_context=False, include_input=False))
+        raise Problem(400, "invalid_query", "query parameters failed validation", errors=errors) from None
+
+
+def job_id_arg(request: Request) -> UUID:
+    raw = (request.view_args or {}).get("job_id", "")
+    try:
+        return UUID(str(raw))
+    except ValueError:
+        raise Problem(400, "invalid_job_id", f"job id must be a UUID, got {str(raw)[:60]!r}") from None

@@ -1,0 +1,123 @@
+"""What each endpoint does, in terms of the queue (the handlers in functions/
+only parse, authorize and call these)."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from ai_jobs import __version__
+from ai_jobs.http.auth import Principal
+from ai_jobs.http.problems import Problem
+from ai_jobs.http.schemas import (
+    CreateJobRequest,
+    Health,
+    JobList,
+    JobTypeInfo,
+    JobTypeList,
+    ListJobsQuery,
+    WorkOutcome,
+    WorkRequest,
+    WorkResult,
+)
+from ai_jobs.http.services import Services
+from ai_jobs.models import EnqueueResult, Job
+from ai_jobs.service import submit_job
+from ai_jobs.sweep import SweepReport, sweep
+
+
+def create_job(svc: Services, who: Principal, body: CreateJobRequest, idempotency_header: str | None) -> EnqueueResult:
+    """Validate, enqueue under the per-user cap, then hand the job to a worker."""
+    key = body.idempotency_key
+    if idempotency_header is not None:
+        header = idempotency_header.strip()
+        if not 1 <= len(header) <= 255:
+            raise Problem(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 characters")
+        if key is not None and key != header:
+            raise Problem(422, "idempotency_key_mismatch", "Idempotency-Key header and idempotency_key differ")
+        key = header
+    result = submit_job(
+        svc.store,
+        who.user_id,
+        body.type,
+        body.input,
+        settings=svc.settings,
+        registry=svc.registry,
+        priority=body.priority,
+        run_at=body.run_at,
+        idempotency_key=key,
+        metadata=body.metadata,
+    )
+    if result.created and result.job.run_at <= result.job.created_at:
+        svc.dispatcher.dispatch(result.job.id)
+    return result
+
+
+def get_job(svc: Services, who: Principal, job_id: UUID) -> Job:
+    return svc.store.get(job_id, user_id=who.user_id)
+
+
+def list_jobs(svc: Services, who: Principal, query: ListJobsQuery) -> JobList:
+    page = svc.store.list(
+        user_id=who.user_id, status=query.status, job_type=query.type, limit=query.limit, cursor=query.cursor
+    )
+    return JobList(jobs=page.jobs, next_cursor=page.next_cursor)
+
+
+def cancel_job(svc: Services, who: Principal, job_id: UUID) -> Job:
+    return svc.store.request_cancel(job_id, user_id=who.user_id)
+
+
+def retry_job(svc: Services, who: Principal, job_id: UUID) -> Job:
+    job = svc.store.retry(job_id, user_id=who.user_id, max_active=svc.settings.max_active_per_user)
+    svc.dispatcher.dispatch(job.id)
+    return job
+
+
+def delete_job(svc: Services, who: Principal, job_id: UUID) -> Job:
+    return svc.store.delete(job_id, user_id=who.user_id)
+
+
+def job_types(svc: Services) -> JobTypeList:
+    return JobTypeList(
+        job_types=[
+            JobTypeInfo(
+                type=d.type,
+                description=d.description,
+                max_attempts=d.max_attempts,
+                input_schema=d.input_schema(),
+                output_schema=d.output_schema(),
+            )
+            for d in svc.registry.definitions()
+        ]
+    )
+
+
+def health(svc: Services) -> tuple[Health, int]:
+    kind = svc.settings.resolved_store()
+    try:
+        svc.store.queue_depth()
+        database = "ok"
+    except Exception:  # noqa: BLE001 - health reports, it does not raise
+        database = "unavailable"
+    ok = database == "ok"
+    return Health(status="ok" if ok else "degraded", version=__version__, store=kind, database=database), 200 if ok else 503
+
+
+def work(svc: Services, body: WorkRequest) -> WorkResult:
+    """One worker invocation: the hand-off's job first, then drain while budget lasts."""
+    runner = svc.runner()
+    outcomes = runner.run_available(budget_seconds=svc.settings.worker_budget_seconds, job_id=body.job_id)
+    return WorkResult(
+        worker=runner.worker_id,
+        outcomes=[WorkOutcome(job_id=o.job_id, job_type=o.job_type, outcome=o.kind, error_code=o.error_code) for o in outcomes],
+    )
+
+
+def run_sweep(svc: Services) -> SweepReport:
+    return sweep(
+        svc.store,
+        svc.runner(),
+        svc.dispatcher,
+        stale_pending_seconds=svc.settings.stale_pending_seconds,
+        budget_seconds=svc.settings.worker_budget_seconds,
+    )

@@ -1,0 +1,114 @@
+"""RFC 9457 problem details: every error the API returns, and the mapping
+from queue errors to HTTP statuses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ai_jobs.errors import (
+    ActiveJobLimitError,
+    AiJobsError,
+    IdempotencyConflictError,
+    InvalidArgumentError,
+    JobNotFoundError,
+    JobStateError,
+    LeaseLostError,
+    StoreUnavailableError,
+)
+from ai_jobs.registry import InputValidationError, UnknownJobTypeError
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(Exception):
+    """An error response: status, stable code, human title and detail, optional field errors."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        title: str | None = None,
+        errors: Sequence[Mapping[str, Any]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.title = title or TITLES.get(status, "Error")
+        self.errors = list(errors) if errors else None
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": f"urn:ai-jobs:problem:{self.code}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+        }
+        if self.errors:
+            body["errors"] = self.errors
+        return body
+
+
+TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+ACTIVE_LIMIT_RETRY_AFTER_SECONDS = 10
+
+
+def field_errors(errors: Sequence[Mapping[str, Any]], prefix: Sequence[str | int] = ()) -> list[dict[str, Any]]:
+    """pydantic errors as `{field, message, type}` with a dotted field path."""
+    out = []
+    for error in errors:
+        loc = [*prefix, *error.get("loc", ())]
+        out.append(
+            {
+                "field": ".".join(str(part) for part in loc) or "(body)",
+                "message": error.get("msg", "invalid"),
+                "type": error.get("type", "value_error"),
+            }
+        )
+    return out
+
+
+def problem_from_error(exc: AiJobsError) -> Problem:
+    """Queue errors to statuses. Not-found never says whether the job exists."""
+    if isinstance(exc, InputValidationError):
+        return Problem(422, exc.code, str(exc), errors=field_errors(exc.errors, ("input",)))
+    if isinstance(exc, UnknownJobTypeError):
+        return Problem(422, exc.code, exc.message, errors=[{"field": "type", "message": exc.message, "type": exc.code}])
+    if isinstance(exc, JobNotFoundError):
+        return Problem(404, exc.code, "job not found")
+    if isinstance(exc, JobStateError):
+        return Problem(409, exc.code, exc.message)
+    if isinstance(exc, ActiveJobLimitError):
+        return Problem(
+            429, exc.code, f"{exc.message}; {exc.hint or ''}".rstrip("; "),
+            headers={"Retry-After": str(ACTIVE_LIMIT_RETRY_AFTER_SECONDS)},
+        )
+    if isinstance(exc, IdempotencyConflictError):
+        return Problem(422, exc.code, exc.message)
+    if isinstance(exc, InvalidArgumentError):
+        return Problem(422, exc.code, exc.message)
+    if isinstance(exc, LeaseLostError):
+        return Problem(409, exc.code, exc.message)
+    if isinstance(exc, StoreUnavailableError):
+        return Problem(503, exc.code, "the job store is unavailable; try again shortly", headers={"Retry-After": "5"})
+    return Problem(500, exc.code, exc.message)

@@ -1,0 +1,85 @@
+"""Request and response bodies of the HTTP API (also the OpenAPI components)."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from ai_jobs.models import JOB_TYPE_PATTERN, Job, JobStatus
+
+
+class CreateJobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = Field(min_length=1, max_length=100, description="a registered job type, see GET /api/job-types")
+    input: dict[str, Any] = Field(default_factory=dict, description="validated against the type's input schema")
+    priority: int = Field(default=0, ge=-1000, le=1000, description="higher runs first")
+    run_at: AwareDatetime | None = Field(default=None, description="not before this time (ISO 8601 with offset)")
+    idempotency_key: str | None = Field(
+        default=None, min_length=1, max_length=255, description="or the Idempotency-Key header"
+    )
+    metadata: dict[str, Any] = Field(default_factory=dict, description="yours to keep with the job")
+
+
+class ListJobsQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: JobStatus | None = None
+    type: str | None = Field(default=None, pattern=JOB_TYPE_PATTERN, max_length=100)
+    limit: int = Field(default=20, ge=1, le=100)
+    cursor: str | None = Field(default=None, max_length=500)
+
+
+class JobList(BaseModel):
+    jobs: list[Job]
+    next_cursor: str | None = Field(default=None, description="pass as ?cursor= for the next page")
+
+
+class JobTypeInfo(BaseModel):
+    type: str
+    description: str
+    max_attempts: int
+    input_schema: dict[str, Any]
+    output_schema: dict[str, Any]
+
+
+class JobTypeList(BaseModel):
+    job_types: list[JobTypeInfo]
+
+
+class WorkRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: UUID | None = None
+
+
+class WorkOutcome(BaseModel):
+    job_id: UUID
+    job_type: str
+    outcome: str
+    error_code: str | None = None
+
+
+class WorkResult(BaseModel):
+    worker: str
+    outcomes: list[WorkOutcome]
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    store: str
+    database: str
+
+
+class ProblemBody(BaseModel):
+    """application/problem+json (RFC 9457)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[dict[str, Any]] | None = None

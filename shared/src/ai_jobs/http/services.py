@@ -1,0 +1,74 @@
+"""Everything a request handler needs, built once per process from Settings.
+
+The store, token verifier and dispatcher are created on first use, so
+importing the app (a Vercel cold start) opens no connection."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from ai_jobs.dispatch import Dispatcher
+from ai_jobs.http.auth import Principal, TokenVerifier, bearer_token, unauthorized
+from ai_jobs.registry import JobRegistry, load_job_modules
+from ai_jobs.runner import Runner
+from ai_jobs.settings import Settings
+from ai_jobs.store.base import JobStore
+
+
+@dataclass
+class Services:
+    settings: Settings = field(default_factory=Settings.from_env)
+    registry: JobRegistry = field(default_factory=load_job_modules)
+    _store: JobStore | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def store(self) -> JobStore:
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    from ai_jobs.store import open_store
+
+                    self._store = open_store(self.settings)
+        return self._store
+
+    @cached_property
+    def verifier(self) -> TokenVerifier | None:
+        s = self.settings
+        if not s.jwt_secret and not s.resolved_jwks_url():
+            return None
+        return TokenVerifier(
+            jwt_secret=s.jwt_secret, jwks_url=s.resolved_jwks_url(), audience=s.jwt_audience, issuer=s.jwt_issuer()
+        )
+
+    @cached_property
+    def dispatcher(self) -> Dispatcher:
+        s = self.settings
+        return Dispatcher(
+            s.resolved_worker_url(),
+            s.worker_secret,
+            bypass_secret=s.protection_bypass_secret,
+            wait_seconds=s.handoff_wait_seconds,
+        )
+
+    def runner(self) -> Runner:
+        """A runner for one worker invocation; continuation asks for another invocation."""
+        return Runner(
+            self.store,
+            self.registry,
+            lease_seconds=self.settings.lease_seconds,
+            request_continuation=lambda job_id: self.dispatcher.dispatch(job_id),
+        )
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if self.verifier is None:
+            raise unauthorized("token verification is not configured (set SUPABASE_JWT_SECRET or SUPABASE_URL)")
+        return self.verifier.verify(bearer_token(authorization))
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+        if "dispatcher" in self.__dict__:
+            self.dispatcher.close()
