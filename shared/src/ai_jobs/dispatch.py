@@ -1,8 +1,8 @@
 """Hand-off: ask for a worker invocation (POST /api/internal/work) without
 letting a slow or failed request hold up the caller.
 
-The request runs on a background thread; the caller waits at most
-`wait_seconds` for it to be sent. The worker invocation keeps running after
+The request runs on a background thread; the caller waits until its body is
+written (httpcore's trace events), and never longer than `wait_seconds`. The worker invocation keeps running after
 we stop listening (Vercel does not cancel it on disconnect). Anything a
 hand-off misses, the sweeper and every worker's own draining pick up.
 """
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import ThreadPoolExecutor
 from uuid import UUID
 
 import httpx
@@ -52,24 +51,29 @@ class Dispatcher:
     def enabled(self) -> bool:
         return bool(self.url and self.secret)
 
-    def dispatch(self, job_id: UUID | None = None, *, wait: bool = True) -> Future[bool] | None:
-        """Request a worker invocation (for `job_id` first, then whatever is due)."""
+    def dispatch(self, job_id: UUID | None = None, *, wait: bool = True) -> threading.Event | None:
+        """Request a worker invocation (for `job_id` first, then whatever is due).
+        Returns an event set once the request is on the wire (or has failed)."""
         if not self.enabled:
             log.debug("hand-off disabled (no worker URL or WORKER_SECRET)")
             return None
-        future = self._pool.submit(self._send, job_id)
+        delivered = threading.Event()
+        self._pool.submit(self._send, job_id, delivered)
         if wait and self.wait_seconds > 0:
-            try:
-                future.result(timeout=self.wait_seconds)
-            except FutureTimeout:
-                pass
-        return future
+            delivered.wait(self.wait_seconds)
+        return delivered
 
-    def _send(self, job_id: UUID | None) -> bool:
+    def _send(self, job_id: UUID | None, delivered: threading.Event) -> bool:
         assert self.url is not None
         body = {"job_id": str(job_id)} if job_id else {}
+
+        def trace(event: str, info: dict[str, object]) -> None:
+            # httpcore reports progress; the request is delivered once its body is written
+            if event.endswith("send_request_body.complete"):
+                delivered.set()
+
         try:
-            self._client.post(self.url, json=body)
+            self._client.post(self.url, json=body, extensions={"trace": trace})
         except httpx.ReadTimeout:
             pass  # delivered; the worker is busy running the job, as intended
         except httpx.HTTPError as exc:
@@ -77,6 +81,8 @@ class Dispatcher:
                 self.failed += 1
             log.warning("hand-off to %s failed (%s); the sweeper will pick the job up", self.url, exc)
             return False
+        finally:
+            delivered.set()
         with self._lock:
             self.sent += 1
         return True
