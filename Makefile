@@ -1,11 +1,15 @@
 # `make dev` and `make test` bootstrap everything they need (virtualenv,
-# packages, embedded PostgreSQL) on a machine that has only python3.
+# packages, embedded PostgreSQL; for browser tests supabase-js from npm and,
+# in CI, Debian's Chromium) on a machine that has python3, node and npm.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+JS_DIR := tests/browser/js
+JS_STAMP := $(JS_DIR)/node_modules/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: dev test install migrate clean
+.PHONY: dev test install chromium migrate bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,16 +17,35 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
+	cd $(JS_DIR) && npm ci --no-audit --no-fund --silent
+	touch $(JS_STAMP)
+
+# Browser tests use Debian's Chromium (Playwright cannot download browsers here).
+# CI installs it; elsewhere set AI_JOBS_INSTALL_CHROMIUM=1 or install it yourself.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ -n "$$CI" ] || [ "$$AI_JOBS_INSTALL_CHROMIUM" = 1 ]; then \
+	    $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "note: chromium is not installed; browser tests will be skipped (apt-get install chromium)"; \
+	  fi; \
+	fi
+
 install: $(STAMP)
 
 dev: $(STAMP)
 	$(BIN)/ai-jobs dev
 
-test: $(STAMP)
+test: $(STAMP) $(JS_STAMP) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 migrate: $(STAMP)
 	$(BIN)/ai-jobs migrate
 
+bench: $(STAMP)
+	$(BIN)/python bench/import_time.py
+	$(BIN)/python bench/create_latency.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts
+	rm -rf $(VENV) .pytest_cache test-artifacts $(JS_DIR)/node_modules

@@ -66,7 +66,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 # -- serving -----------------------------------------------------------------------------
 
 
-def _serve(settings: Settings, args: argparse.Namespace, banner: list[str]) -> int:
+def _serve(settings: Settings, args: argparse.Namespace, banner: list[str], demo_fragment: str = "") -> int:
     from rich.console import Console
 
     from ai_jobs.http import operations
@@ -88,7 +88,7 @@ def _serve(settings: Settings, args: argparse.Namespace, banner: list[str]) -> i
             print(line)
         print(f"  API        {url}/api/health   OpenAPI {url}/api/openapi.json")
         if not args.no_public:
-            print(f"  demo       {url}/")
+            print(f"  demo       {url}/{demo_fragment}")
         print("Press Ctrl-C to stop.", flush=True)
 
     stop = _stop_on_signals()
@@ -140,7 +140,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         f"  AI_JOBS_TOKEN={token}",
         "  more users: ai-jobs token --user someone@example.com",
     ]
-    return _serve(settings, args, [line for line in banner if line])
+    return _serve(settings, args, [line for line in banner if line], demo_fragment=f"#token={token}")
 
 
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:

@@ -27,7 +27,7 @@ class CountdownOutput(BaseModel):
 
 @job("example.countdown", input=CountdownInput, output=CountdownOutput, max_attempts=3)
 def countdown(data: CountdownInput, ctx: JobContext) -> CountdownOutput:
-    """Counts through `steps` steps of `step_seconds` each, checkpointing every step."""
+    """Counts through the given number of steps, sleeping step_seconds in each and checkpointing every step."""
 
     def tick(i: int) -> dict[str, object]:
         if data.fail_at_step == i:

@@ -1,0 +1,126 @@
+"""The demo console in headless Chromium against `ai-jobs dev`: submit, watch
+the progress bar advance, complete, cancel and retry. Screenshots go to
+test-artifacts/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.browser.conftest import screenshot
+
+pytestmark = pytest.mark.browser
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SUPABASE_URL")}
+    env.update({"AI_JOBS_DATA_DIR": str(tmp_path_factory.mktemp("dev")), "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen([sys.executable, "-m", "ai_jobs.cli", "dev", "--port", "0", "--sweep-interval", "2"],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    demo = ""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if "demo " in line:
+            demo = line.split("demo", 1)[1].strip()
+        if "Press Ctrl-C" in line:
+            break
+    assert demo, "ai-jobs dev printed no demo URL"
+    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
+    yield demo, demo.split("#", 1)[0]
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def progress_values(page, until_status: str, timeout: float = 60) -> list[int]:  # type: ignore[no-untyped-def]
+    seen: list[int] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen.append(int(page.eval_on_selector("#progress", "el => el.value")))
+        if page.inner_text("#job-status") == until_status:
+            return seen
+        time.sleep(0.05)
+    pytest.fail(f"status never became {until_status}; last {page.inner_text('#job-status')}, progress {seen[-5:]}")
+
+
+def fill_countdown(page, steps: int, seconds: float) -> None:  # type: ignore[no-untyped-def]
+    page.select_option("#job-type", "example.countdown")
+    page.fill("#field-steps", str(steps))
+    page.fill("#field-step_seconds", str(seconds))
+
+
+def test_submit_progress_complete(page, dev_stack) -> None:  # type: ignore[no-untyped-def]
+    demo_url, _ = dev_stack
+    page.goto(demo_url)
+    page.wait_for_selector("body[data-ready=true]")
+    assert page.inner_text("#auth-status") == "Using the saved token."
+    assert "token=" not in page.url  # the token does not linger in the address bar
+    fill_countdown(page, steps=6, seconds=0.5)
+    page.click("#submit")
+    page.wait_for_selector("#job-view:not([hidden])")
+    assert page.inner_text("#mode") == "polling"  # no Supabase client locally
+    values = progress_values(page, "completed")
+    screenshot(page, "demo-completed")
+    assert values == sorted(values), f"progress bar went backwards: {values}"
+    assert len({v for v in values if 0 < v < 100}) >= 2, f"progress bar did not advance: {sorted(set(values))}"
+    assert values[-1] == 100
+    assert '"steps_completed": 6' in page.inner_text("#result")
+    page.wait_for_selector("#recent tbody tr")
+    assert "completed" in page.inner_text("#recent tbody")
+
+
+def test_cancel_then_retry(page, dev_stack) -> None:  # type: ignore[no-untyped-def]
+    demo_url, _ = dev_stack
+    page.goto(demo_url)
+    page.wait_for_selector("body[data-ready=true]")
+    fill_countdown(page, steps=12, seconds=0.4)
+    page.click("#submit")
+    page.wait_for_function("() => document.querySelector('#progress').value >= 17")
+    assert page.is_enabled("#cancel") and not page.is_enabled("#retry")
+    page.click("#cancel")
+    progress_values(page, "cancelled", timeout=20)
+    screenshot(page, "demo-cancelled")
+    assert page.is_enabled("#retry") and not page.is_enabled("#cancel")
+    page.click("#retry")
+    values = progress_values(page, "completed", timeout=60)
+    screenshot(page, "demo-retried-completed")
+    assert values[-1] == 100 and '"steps_completed": 12' in page.inner_text("#result")
+
+
+def test_validation_errors_show_at_the_field(page, dev_stack) -> None:  # type: ignore[no-untyped-def]
+    demo_url, _ = dev_stack
+    page.goto(demo_url)
+    page.wait_for_selector("body[data-ready=true]")
+    fill_countdown(page, steps=5000, seconds=0.1)
+    page.click("#submit")
+    page.wait_for_selector("#form-errors:not([hidden])")
+    assert "less than or equal to 1000" in page.inner_text("#field-steps-error")
+    assert page.get_attribute("#field-steps", "aria-invalid") == "true"
+    screenshot(page, "demo-validation-error")
+
+
+def test_accessibility_basics(page, dev_stack) -> None:  # type: ignore[no-untyped-def]
+    demo_url, _ = dev_stack
+    page.goto(demo_url)
+    page.wait_for_selector("body[data-ready=true]")
+    unlabeled = page.evaluate(
+        """() => [...document.querySelectorAll('input, select, textarea')]
+              .filter(el => el.offsetParent !== null && !(el.labels && el.labels.length))
+              .map(el => el.id || el.name)"""
+    )
+    assert unlabeled == []
+    assert page.get_attribute("#progress-message", "aria-live") == "polite"
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip"
