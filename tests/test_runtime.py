@@ -251,3 +251,47 @@ def test_sigkilled_worker_job_resumes_from_last_checkpoint(
     assert dones == Counter({i: 1 for i in range(1, 6)})
     job = pg_store.get(job_id)
     assert job.attempts == 2 and job.error is None and job.result == {"steps": 5}
+
+
+def test_batch_claim_releases_unstarted_jobs_when_the_budget_ends(pg_store: PostgresStore, make_user) -> None:
+    registry = JobRegistry()
+    clock = FakeClock()
+
+    @registry.job("test.one_second", input=Empty, output=Count, max_attempts=1)
+    def one_second(_: Empty, ctx: JobContext) -> Count:
+        clock.advance(1.0)
+        return Count(steps=1)
+
+    user = make_user()
+    ids = [enqueue(pg_store, registry, user, "test.one_second", {}) for _ in range(5)]
+    store = CountingStore(pg_store)
+    outcomes = Runner(store, registry, clock=clock).run_available(budget_seconds=2.5, min_remaining_seconds=0.6, batch=5)
+    assert [o.kind for o in outcomes] == ["completed", "completed"]
+    assert store.calls["ai_jobs_claim_v1"] == 1  # one round trip for the whole batch
+    jobs = [pg_store.get(i) for i in ids]
+    assert sum(j.status is JobStatus.COMPLETED for j in jobs) == 2
+    waiting = [j for j in jobs if j.status is JobStatus.PENDING]
+    assert len(waiting) == 3 and all(j.attempts == 0 for j in waiting)  # released unrun, no attempt spent
+
+
+def test_heartbeat_keeps_a_long_job_leased(pg_store: PostgresStore, make_user) -> None:
+    """A 3 s handler with a 1 s lease is not reclaimed by an eager second worker."""
+    registry = JobRegistry()
+
+    @registry.job("test.long_call", input=Empty, output=Count)
+    def long_call(_: Empty, ctx: JobContext) -> Count:
+        time.sleep(3)
+        return Count(steps=1)
+
+    job_id = enqueue(pg_store, registry, make_user(), "test.long_call", {})
+    holder = Runner(pg_store, registry, lease_seconds=1)
+    thread = threading.Thread(target=holder.run_available)
+    thread.start()
+    stolen = []
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        stolen += pg_store.claim("thief", lease_seconds=30)
+        time.sleep(0.1)
+    thread.join(timeout=10)
+    job = pg_store.get(job_id)
+    assert stolen == [] and job.status is JobStatus.COMPLETED and job.attempts == 1

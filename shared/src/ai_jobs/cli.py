@@ -181,7 +181,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         print(f"worker {runner.worker_id} serving {', '.join(registry.types())}", flush=True)
         while not stop.is_set():
             try:
-                outcomes = runner.run_available(max_jobs=1)
+                outcomes = runner.run_available(max_jobs=args.batch, batch=args.batch)
             except Exception:  # noqa: BLE001 - keep serving; the database may come back
                 logging.getLogger("ai_jobs.worker").exception("worker loop error")
                 outcomes = []
@@ -376,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lease-seconds", type=int, default=None, help="lease per job (default AI_JOBS_LEASE_SECONDS)")
     p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls when idle")
     p.add_argument("--once", action="store_true", help="exit when no job is due")
+    p.add_argument("--batch", type=int, default=1, help="jobs claimed per round trip (short jobs: 10-50)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("sweep", help="reap expired leases, purge old jobs, run due jobs")

@@ -2,27 +2,23 @@
 
 It turns a plain function into a durable one: `step()` results are
 checkpointed on the job row and never recomputed, progress writes are
-coalesced, a heartbeat keeps the lease while a long call runs, cancellation
+coalesced, the runner's heartbeat keeps the lease while a long call runs, cancellation
 is cooperative, and a deadline makes the job continue in a new invocation
 instead of being killed mid-step.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar, overload
 
 from pydantic import BaseModel
 
-from ai_jobs.errors import AiJobsError, LeaseLostError
+from ai_jobs.errors import LeaseLostError
 from ai_jobs.models import Job
 from ai_jobs.store.base import JobStore
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -77,9 +73,14 @@ class JobContext:
 
     # -- state from the row -------------------------------------------------------
 
-    def _observe(self, row: Job) -> None:
+    def observe(self, row: Job) -> None:
+        """Take in the latest row (heartbeat, progress, checkpoint): it carries cancel requests."""
         if row.cancel_requested_at is not None:
             self._cancel_requested = True
+
+    def mark_lease_lost(self) -> None:
+        """Another worker owns the job now; stop at the next step without writing."""
+        self._lease_lost.set()
 
     @property
     def cancel_requested(self) -> bool:
@@ -126,7 +127,7 @@ class JobContext:
         self._pending_progress = None
         self._last_progress_write = self._clock()
         self.progress_writes += 1
-        self._observe(self.store.progress(self.job.id, self.worker, pending[0], pending[1]))
+        self.observe(self.store.progress(self.job.id, self.worker, pending[0], pending[1]))
 
     # -- steps ----------------------------------------------------------------------
 
@@ -170,7 +171,7 @@ class JobContext:
         if progress:
             self._last_progress_write = self._clock()
         self.checkpoints[name] = stored
-        self._observe(row)
+        self.observe(row)
         return self._load(stored, returns)
 
     @staticmethod
@@ -186,30 +187,3 @@ class JobContext:
         needed = estimate if estimate is not None else self._longest_step
         if remaining < needed:
             raise ContinuationNeeded(f"{remaining:.1f}s left, next step needs ~{needed:.1f}s")
-
-    # -- heartbeats -----------------------------------------------------------------
-
-    @contextmanager
-    def heartbeats(self, interval: float | None = None) -> Iterator[None]:
-        """Extend the lease in the background while the handler runs."""
-        every = interval if interval is not None else max(self.lease_seconds / 3, 0.2)
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(every):
-                try:
-                    self._observe(self.store.heartbeat(self.job.id, self.worker, lease_seconds=self.lease_seconds))
-                except LeaseLostError:
-                    log.warning("job %s: lease lost, stopping at the next step", self.job.id)
-                    self._lease_lost.set()
-                    return
-                except AiJobsError as exc:  # database hiccup: try again next beat
-                    log.warning("job %s: heartbeat failed: %s", self.job.id, exc)
-
-        thread = threading.Thread(target=beat, name=f"heartbeat-{self.job.id}", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join(timeout=every + 5)

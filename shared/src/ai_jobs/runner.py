@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 from uuid import UUID
 
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from ai_jobs.context import ContinuationNeeded, JobCancelled, JobContext
 from ai_jobs.errors import AiJobsError, LeaseLostError
 from ai_jobs.failures import FatalJobError, JobFailure, RetryableJobError
+from ai_jobs.heartbeat import Heartbeater
 from ai_jobs.models import Job
 from ai_jobs.registry import InputValidationError, JobRegistry, registry as default_registry
 from ai_jobs.store.base import JobStore
@@ -53,6 +55,10 @@ class Runner:
     request_continuation: Callable[[UUID], None] | None = None
     clock: Callable[[], float] = time.monotonic
 
+    @cached_property
+    def heartbeater(self) -> Heartbeater:
+        return Heartbeater(self.store, self.worker_id, lease_seconds=self.lease_seconds)
+
     def run_available(
         self,
         *,
@@ -60,18 +66,24 @@ class Runner:
         job_id: UUID | None = None,
         max_jobs: int | None = None,
         min_remaining_seconds: float = 5.0,
+        batch: int = 1,
     ) -> list[Outcome]:
-        """Claim and run jobs one at a time until none is due, `max_jobs` ran, or
-        fewer than `min_remaining_seconds` of the budget are left. `job_id` is
-        tried first (the hand-off's job), then any other due job."""
+        """Claim and run due jobs until none is left, `max_jobs` ran, or fewer than
+        `min_remaining_seconds` of the budget remain. `job_id` is tried first (the
+        hand-off's job), then any other due job. `batch` > 1 claims several jobs per
+        round trip; they are leased while they wait, and released unrun (no attempt
+        spent) if the budget ends first."""
         deadline = None if budget_seconds is None else self.clock() + budget_seconds
         outcomes: list[Outcome] = []
         first = job_id
         while max_jobs is None or len(outcomes) < max_jobs:
             if deadline is not None and deadline - self.clock() < min_remaining_seconds:
                 break
+            want = 1 if first is not None else batch
+            if max_jobs is not None:
+                want = max(1, min(want, max_jobs - len(outcomes)))
             claimed = self.store.claim(
-                self.worker_id, limit=1, lease_seconds=self.lease_seconds, job_types=self.registry.types(), job_id=first
+                self.worker_id, limit=want, lease_seconds=self.lease_seconds, job_types=self.registry.types(), job_id=first
             )
             if not claimed and first is not None:
                 first = None  # the hand-off's job was taken or is not due; drain the rest
@@ -79,15 +91,26 @@ class Runner:
             first = None
             if not claimed:
                 break
-            outcome = self.run_claimed(claimed[0], deadline=deadline)
-            outcomes.append(outcome)
-            if outcome.kind == "continued":
+            contexts = [self._context(job, deadline) for job in claimed]
+            for ctx in contexts:
+                self.heartbeater.track(ctx)
+            try:
+                for index, ctx in enumerate(contexts):
+                    out_of_time = deadline is not None and deadline - self.clock() < min_remaining_seconds
+                    if out_of_time or (outcomes and outcomes[-1].kind == "continued"):
+                        self._release_unstarted(contexts[index:])
+                        return outcomes
+                    outcomes.append(self.run_claimed(ctx.job, ctx=ctx))
+                    self.heartbeater.untrack(ctx.job.id)
+            finally:
+                for ctx in contexts:
+                    self.heartbeater.untrack(ctx.job.id)
+            if outcomes and outcomes[-1].kind == "continued":
                 break  # the budget is spent: leave the rest to the next invocation
         return outcomes
 
-    def run_claimed(self, job: Job, *, deadline: float | None = None) -> Outcome:
-        """Run one job this worker holds the lease on, and record how it ended."""
-        ctx = JobContext(
+    def _context(self, job: Job, deadline: float | None) -> JobContext:
+        return JobContext(
             job,
             self.store,
             self.worker_id,
@@ -96,19 +119,35 @@ class Runner:
             progress_interval=self.progress_interval,
             clock=self.clock,
         )
+
+    def _release_unstarted(self, contexts: list[JobContext]) -> None:
+        for ctx in contexts:
+            try:
+                self.store.release(ctx.job.id, self.worker_id)
+            except AiJobsError:
+                log.warning("job %s: could not release; its lease will expire", ctx.job.id)
+
+    def run_claimed(self, job: Job, *, deadline: float | None = None, ctx: JobContext | None = None) -> Outcome:
+        """Run one job this worker holds the lease on, and record how it ended."""
+        ctx = ctx or self._context(job, deadline)
+        standalone = not self.heartbeater.is_tracking(job.id)  # called directly, not via run_available
+        if standalone:
+            self.heartbeater.track(ctx)
         try:
             return self._run(job, ctx)
         except LeaseLostError:
             log.warning("job %s: lease lost; another worker owns it now", job.id)
             return Outcome(job.id, job.job_type, "lost")
+        finally:
+            if standalone:
+                self.heartbeater.untrack(job.id)
 
     def _run(self, job: Job, ctx: JobContext) -> Outcome:
         try:
             definition = self.registry.get(job.job_type)
             payload = definition.parse_input(job.input)
             ctx.check_cancelled()
-            with ctx.heartbeats():
-                output = definition.handler(payload, ctx)
+            output = definition.handler(payload, ctx)
             result = definition.output_model.model_validate(
                 output.model_dump() if hasattr(output, "model_dump") else output
             )
