@@ -33,7 +33,8 @@ def run(client: httpx.Client, n: int, body: dict) -> list[float]:
 
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
-    proc, url, token = start_dev({"AI_JOBS_MAX_ACTIVE_PER_USER": "100000"})
+    stack = start_dev({"AI_JOBS_MAX_ACTIVE_PER_USER": "100000"})
+    url, token = stack.url, stack.token
     try:
         headers = {"authorization": f"Bearer {token}"}
         body_now = {"type": "example.countdown", "input": {"steps": 1, "step_seconds": 0}}
@@ -59,8 +60,7 @@ def main() -> None:
             print(f"| {label} | {clients_n} | {count} | {p50:.1f} | {p95:.1f} |")
         print(f"\n8-client throughput: {len(times) / wall:.0f} creates/s")
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stack.stop()
 
 
 if __name__ == "__main__":
