@@ -70,6 +70,7 @@ _BY_SQLSTATE: dict[str, type[AiJobsError]] = {
     "22023": InvalidArgumentError,  # invalid_parameter_value
     "22P02": InvalidArgumentError,  # invalid_text_representation (e.g. a bad uuid)
     "22P05": InvalidArgumentError,  # untranslatable_character (\u0000 in jsonb)
+    "22021": InvalidArgumentError,  # character_not_in_repertoire (NUL in text)
     "22007": InvalidArgumentError,  # invalid_datetime_format
     "22008": InvalidArgumentError,  # datetime_field_overflow
     "22003": InvalidArgumentError,  # numeric_value_out_of_range

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from ai_jobs.models import JOB_TYPE_PATTERN, Job, JobStatus
+from ai_jobs.errors import InvalidArgumentError
+
+from ai_jobs.models import JOB_TYPE_PATTERN, Job, JobCursor, JobStatus
 
 
 class CreateJobRequest(BaseModel):
@@ -30,6 +32,16 @@ class ListJobsQuery(BaseModel):
     type: str | None = Field(default=None, pattern=JOB_TYPE_PATTERN, max_length=100)
     limit: int = Field(default=20, ge=1, le=100)
     cursor: str | None = Field(default=None, max_length=500)
+
+    @field_validator("cursor")
+    @classmethod
+    def _cursor_decodes(cls, cursor: str | None) -> str | None:
+        if cursor is not None:
+            try:
+                JobCursor.decode(cursor)
+            except InvalidArgumentError:
+                raise ValueError("not a cursor returned by this API (use next_cursor as given)") from None
+        return cursor
 
 
 class JobList(BaseModel):

@@ -12,7 +12,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
-from ai_jobs.errors import StoreUnavailableError, error_from_sqlstate
+from ai_jobs.errors import InvalidArgumentError, StoreUnavailableError, error_from_sqlstate
 from ai_jobs.store.base import Json, JobStore, SqlFunction
 
 
@@ -56,6 +56,9 @@ class PostgresStore(JobStore):
                 rows = conn.execute(query, bound).fetchall()
         except psycopg.Error as exc:
             diag = exc.diag
+            if exc.sqlstate is None and isinstance(exc, psycopg.DataError):
+                # refused before it reached the server, e.g. a NUL character in a text value
+                raise InvalidArgumentError(str(exc)) from exc
             if exc.sqlstate is None:  # connection trouble, pool timeout
                 raise StoreUnavailableError(f"database unavailable: {exc}") from exc
             raise error_from_sqlstate(
