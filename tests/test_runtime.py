@@ -295,3 +295,21 @@ def test_heartbeat_keeps_a_long_job_leased(pg_store: PostgresStore, make_user) -
     thread.join(timeout=10)
     job = pg_store.get(job_id)
     assert stolen == [] and job.status is JobStatus.COMPLETED and job.attempts == 1
+
+
+def test_sigterm_releases_the_running_job_at_its_next_step(pg_store: PostgresStore, make_user, database_url: str) -> None:
+    registry = load_job_modules()
+    job_id = enqueue(pg_store, registry, make_user(), "example.countdown", {"steps": 40, "step_seconds": 0.3})
+    worker = _start_worker(database_url, lease=30)
+    try:
+        _wait_for(lambda: len(pg_store.get(job_id).checkpoints) >= 2, 30, "two steps")
+        worker.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        worker.wait(timeout=10)
+        assert time.monotonic() - started < 3  # within about one step, not the whole job
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+    job = pg_store.get(job_id)
+    assert job.status is JobStatus.PENDING and job.attempts == 0 and job.locked_by is None
+    assert 2 <= len(job.checkpoints) < 40

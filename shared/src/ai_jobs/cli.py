@@ -177,7 +177,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     registry = load_job_modules()
     stop = _stop_on_signals()
     with open_store(settings) as store:
-        runner = Runner(store, registry, lease_seconds=args.lease_seconds or settings.lease_seconds)
+        # SIGTERM/SIGINT: the running job is released at its next step, no attempt spent
+        runner = Runner(store, registry, lease_seconds=args.lease_seconds or settings.lease_seconds, stopping=stop)
         print(f"worker {runner.worker_id} serving {', '.join(registry.types())}", flush=True)
         while not stop.is_set():
             try:

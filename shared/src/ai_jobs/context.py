@@ -52,6 +52,7 @@ class JobContext:
         lease_seconds: int = 30,
         progress_interval: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.job = job
         self.store = store
@@ -60,6 +61,7 @@ class JobContext:
         self.lease_seconds = lease_seconds
         self.progress_interval = progress_interval
         self._clock = clock
+        self._stopping = stopping or threading.Event()
         self.checkpoints: dict[str, Any] = dict(job.checkpoints)
         self._usage: dict[str, Any] = {}
         self._cancel_requested = job.cancel_requested_at is not None
@@ -179,8 +181,11 @@ class JobContext:
         return returns.model_validate(value) if returns is not None else value
 
     def _ensure_budget(self, estimate: float | None) -> None:
-        """Continue in a new invocation if the next step will not fit. The first
-        step of an invocation always runs, so every invocation makes progress."""
+        """Continue in a new invocation if the worker is shutting down or the next
+        step will not fit. The first step of an invocation always runs (unless
+        shutting down), so every invocation makes progress."""
+        if self._stopping.is_set():
+            raise ContinuationNeeded("worker shutting down")
         remaining = self.remaining()
         if remaining is None or self._steps_run == 0:
             return

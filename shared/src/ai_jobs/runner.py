@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -54,6 +55,8 @@ class Runner:
     # Called with a job id after it was released for continuation (serverless hand-off).
     request_continuation: Callable[[UUID], None] | None = None
     clock: Callable[[], float] = time.monotonic
+    # Set to shut down: running jobs are released at their next step, nothing new is claimed.
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     @cached_property
     def heartbeater(self) -> Heartbeater:
@@ -77,6 +80,8 @@ class Runner:
         outcomes: list[Outcome] = []
         first = job_id
         while max_jobs is None or len(outcomes) < max_jobs:
+            if self.stopping.is_set():
+                break
             if deadline is not None and deadline - self.clock() < min_remaining_seconds:
                 break
             want = 1 if first is not None else batch
@@ -97,7 +102,7 @@ class Runner:
             try:
                 for index, ctx in enumerate(contexts):
                     out_of_time = deadline is not None and deadline - self.clock() < min_remaining_seconds
-                    if out_of_time or (outcomes and outcomes[-1].kind == "continued"):
+                    if out_of_time or self.stopping.is_set() or (outcomes and outcomes[-1].kind == "continued"):
                         self._release_unstarted(contexts[index:])
                         return outcomes
                     outcomes.append(self.run_claimed(ctx.job, ctx=ctx))
@@ -118,6 +123,7 @@ class Runner:
             lease_seconds=self.lease_seconds,
             progress_interval=self.progress_interval,
             clock=self.clock,
+            stopping=self.stopping,
         )
 
     def _release_unstarted(self, contexts: list[JobContext]) -> None:

@@ -1,0 +1,190 @@
+"""Latency and cost per job, on a throwaway embedded PostgreSQL.
+
+1. enqueue -> start, p50/p95: (a) the serverless path, POST /api/jobs with the
+   hand-off to the local worker endpoint (`ai-jobs dev`); (b) a long-lived
+   `ai-jobs worker` polling every 0.1 s. Measured as started_at - created_at.
+2. Database writes per job: SQL function calls for one example.countdown job,
+   with and without a chatty handler (progress coalescing).
+3. Recovery: SIGKILL a worker holding a job (default 30 s lease); time until a
+   second worker has the job running again.
+
+Run: .venv/bin/python bench/latency.py [--jobs 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from _local_stack import start_dev  # noqa: E402
+
+
+def short(function: str) -> str:
+    return function.removeprefix("ai_jobs_").removesuffix("_v1")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def start_latencies(database_url: str, ids: list[str]) -> list[float]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "select extract(epoch from started_at - created_at) * 1000 from public.ai_jobs where id = any(%s::uuid[])",
+            (ids,),
+        ).fetchall()
+    return [float(r[0]) for r in rows if r[0] is not None]
+
+
+def handoff_path(jobs: int) -> tuple[float, float]:
+    stack = start_dev({"AI_JOBS_MAX_ACTIVE_PER_USER": "100000"})
+    try:
+        ids = []
+        with httpx.Client(base_url=stack.url, headers={"authorization": f"Bearer {stack.token}"}, timeout=30) as client:
+            for _ in range(jobs):
+                r = client.post("/api/jobs", json={"type": "example.countdown", "input": {"steps": 1, "step_seconds": 0}})
+                ids.append(r.json()["id"])
+                time.sleep(0.02)  # jobs arrive one by one, the worker is idle when each lands
+        time.sleep(1)
+        values = start_latencies(stack.database_url, ids)
+    finally:
+        stack.stop()
+    return statistics.median(values), pct(values, 0.95)
+
+
+def _worker(database_url: str, *extra: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DATABASE_URL": database_url, "AI_JOBS_STORE": "postgres", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "ai_jobs.cli", "worker", *extra], env=env, cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def polling_path(database_url: str, user: str, jobs: int) -> tuple[float, float]:
+    worker = _worker(database_url, "--poll-interval", "0.1")
+    time.sleep(2)  # imports done, the worker is waiting
+    ids = []
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for _ in range(jobs):
+                ids.append(str(conn.execute(
+                    "select (public.ai_jobs_enqueue_v1(p_user_id => %s, p_job_type => 'example.countdown',"
+                    " p_input => '{\"steps\": 1, \"step_seconds\": 0}') -> 'job' ->> 'id')", (user,)).fetchone()[0]))
+                time.sleep(0.05)
+        time.sleep(1)
+        values = start_latencies(database_url, ids)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=10)
+    return statistics.median(values), pct(values, 0.95)
+
+
+def writes_per_job(database_url: str, user: str) -> dict[str, object]:
+    from ai_jobs.context import JobContext
+    from ai_jobs.models import NewJob
+    from ai_jobs.registry import JobRegistry, load_job_modules
+    from ai_jobs.runner import Runner
+    from ai_jobs.store.postgres import PostgresStore
+    from tests.counting_store import CountingStore
+
+    from pydantic import BaseModel
+
+    class Empty(BaseModel):
+        pass
+
+    chatty = JobRegistry()
+
+    @chatty.job("bench.chatty", input=Empty, output=Empty)
+    def chatty_job(_: Empty, ctx: JobContext) -> Empty:
+        for step in range(5):
+            for i in range(100):  # 100 progress calls per 1 s step
+                ctx.progress(step * 20 + i / 5, f"step {step}")
+                time.sleep(0.01)
+            ctx.step(f"s{step}", lambda: None)
+        return Empty()
+
+    results: dict[str, object] = {}
+    with PostgresStore(database_url) as base:
+        for label, registry, job_type, data in (
+            ("example.countdown, 5 steps of 0.2 s", load_job_modules(), "example.countdown", {"steps": 5, "step_seconds": 0.2}),
+            ("handler calling progress() 500 times over 5 s, 5 steps", chatty, "bench.chatty", {}),
+        ):
+            store = CountingStore(base)
+            base.enqueue(NewJob(user_id=user, job_type=job_type, input=data))
+            Runner(store, registry, lease_seconds=30).run_available(max_jobs=1)
+            results[label] = {"total": sum(store.calls.values()), **dict(store.calls)}
+    return results
+
+
+def recovery(database_url: str, user: str) -> float:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        job_id = conn.execute(
+            "select (public.ai_jobs_enqueue_v1(p_user_id => %s, p_job_type => 'example.countdown',"
+            " p_input => '{\"steps\": 60, \"step_seconds\": 1}') -> 'job' ->> 'id')", (user,)).fetchone()[0]
+        first = _worker(database_url)  # default 30 s lease, heartbeat every 10 s
+        while conn.execute("select status from public.ai_jobs where id = %s", (job_id,)).fetchone()[0] != "running":
+            time.sleep(0.05)
+        time.sleep(3)
+        owner = conn.execute("select locked_by from public.ai_jobs where id = %s", (job_id,)).fetchone()[0]
+        first.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        first.wait()
+        second = _worker(database_url, "--poll-interval", "0.5")
+        try:
+            while True:
+                status, locked_by = conn.execute("select status, locked_by from public.ai_jobs where id = %s",
+                                                 (job_id,)).fetchone()
+                if status == "running" and locked_by != owner:
+                    return time.monotonic() - killed_at
+                if time.monotonic() - killed_at > 120:
+                    raise RuntimeError("job was not recovered within 120 s")
+                time.sleep(0.05)
+        finally:
+            second.terminate()
+            second.wait(timeout=10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--jobs", type=int, default=200)
+    args = parser.parse_args()
+    import pgserver
+
+    from ai_jobs.database.migrations import migrate
+
+    server = pgserver.get_server(Path(tempfile.mkdtemp(prefix="lat-")) / "pg", cleanup_mode="delete")
+    database_url = server.get_uri()
+    migrate(database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        user = str(conn.execute("insert into auth.users (id) values (gen_random_uuid()) returning id").fetchone()[0])
+
+    p50, p95 = handoff_path(args.jobs)
+    print("| enqueue -> start | p50 ms | p95 ms |\n|---|---|---|")
+    print(f"| POST /api/jobs with hand-off to the worker endpoint (ai-jobs dev) | {p50:.1f} | {p95:.1f} |")
+    p50, p95 = polling_path(database_url, user, args.jobs)
+    print(f"| ai-jobs worker polling every 0.1 s | {p50:.1f} | {p95:.1f} |")
+    print("\n| job | SQL calls | breakdown |\n|---|---|---|")
+    for label, calls in writes_per_job(database_url, user).items():
+        total = calls.pop("total")  # type: ignore[union-attr]
+        breakdown = ", ".join(f"{short(k)} {v}" for k, v in calls.items())  # type: ignore[union-attr]
+        print(f"| {label} | {total} | {breakdown} |")
+    seconds = recovery(database_url, user)
+    print(f"\nrecovery after SIGKILL (30 s lease, heartbeat every 10 s): job running again after {seconds:.1f} s")
+    server.cleanup()
+
+
+if __name__ == "__main__":
+    main()
