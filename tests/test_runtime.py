@@ -313,3 +313,24 @@ def test_sigterm_releases_the_running_job_at_its_next_step(pg_store: PostgresSto
     job = pg_store.get(job_id)
     assert job.status is JobStatus.PENDING and job.attempts == 0 and job.locked_by is None
     assert 2 <= len(job.checkpoints) < 40
+
+
+def test_logs_never_carry_job_data(pg_store: PostgresStore, make_user, caplog, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Inputs and exception messages can hold prompts and PII: logs get ids, types and stack frames."""
+    registry = JobRegistry()
+
+    class Secret(BaseModel):
+        ssn: str
+
+    @registry.job("test.leaky", input=Secret, output=Count, max_attempts=2)
+    def leaky(data: Secret, ctx: JobContext) -> Count:
+        raise ValueError(f"could not parse {data.ssn}")
+
+    monkeypatch.delenv("AI_JOBS_LOG_SENSITIVE", raising=False)
+    job_id = enqueue(pg_store, registry, make_user(), "test.leaky", {"ssn": "078-05-1120"})
+    with caplog.at_level("DEBUG"):
+        Runner(pg_store, registry).run_available()
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "ValueError" in logged and "leaky" in logged  # still debuggable: type and stack frames
+    assert "078-05-1120" not in logged
+    assert "078-05-1120" in pg_store.get(job_id).error.message  # the owner still sees it on their row

@@ -25,6 +25,7 @@ from ai_jobs.errors import AiJobsError, LeaseLostError
 from ai_jobs.failures import FatalJobError, JobFailure, RetryableJobError
 from ai_jobs.heartbeat import Heartbeater
 from ai_jobs.models import Job
+from ai_jobs.redaction import describe_exception, redacted
 from ai_jobs.registry import InputValidationError, JobRegistry, registry as default_registry
 from ai_jobs.store.base import JobStore
 
@@ -185,7 +186,7 @@ class Runner:
             # the store failed under the handler: the queue will try again
             return self._fail(job, ctx, RetryableJobError(exc.code, exc.message))
         except Exception as exc:  # noqa: BLE001 - an unclassified bug in a handler
-            log.exception("job %s (%s) raised", job.id, job.job_type)
+            log.error("job %s (%s) raised %s", job.id, job.job_type, describe_exception(exc))
             return self._fail(job, ctx, RetryableJobError("handler_error", f"{type(exc).__name__}: {exc}"))
         ctx.flush_progress()
         self.store.complete(job.id, self.worker_id, result.model_dump(mode="json"), usage=ctx.take_usage())
@@ -200,5 +201,5 @@ class Runner:
             job.id, self.worker_id, failure.to_error(), retry_at=failure.retry_at, usage=ctx.take_usage()
         )
         kind: OutcomeKind = "retrying" if row.status == "pending" else ("cancelled" if row.status == "cancelled" else "failed")
-        log.info("job %s: %s (%s: %s)", job.id, kind, failure.code, failure.message)
+        log.info("job %s: %s (%s: %s)", job.id, kind, failure.code, redacted(failure.message))
         return Outcome(job.id, job.job_type, kind, failure.code)
