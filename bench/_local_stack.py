@@ -1,4 +1,5 @@
-"""Start `ai-jobs dev` on a throwaway embedded database for a benchmark."""
+"""Start `ai-jobs dev` as a subprocess and read what its banner reports.
+Used by the benchmarks and by the tests that need the whole local stack."""
 
 from __future__ import annotations
 
@@ -21,35 +22,42 @@ class LocalStack:
     token: str
     data_dir: Path
     database_url: str
+    demo_url: str
 
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
 
 
-def start_dev(extra_env: dict[str, str] | None = None) -> LocalStack:
-    data_dir = tempfile.mkdtemp(prefix="ai-jobs-bench-")
+def start_dev(
+    extra_env: dict[str, str] | None = None,
+    *,
+    data_dir: Path | None = None,
+    public: bool = False,
+    sweep_interval: float = 0,
+) -> LocalStack:
+    """`ai-jobs dev --port 0` on `data_dir` (a fresh temporary folder by default)."""
+    data_dir = data_dir or Path(tempfile.mkdtemp(prefix="ai-jobs-dev-"))
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SUPABASE_URL")}
-    env.update({"AI_JOBS_DATA_DIR": data_dir, "PYTHONUNBUFFERED": "1", **(extra_env or {})})
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ai_jobs.cli", "dev", "--port", "0", "--no-public", "--sweep-interval", "0"],
-        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    url = token = database_url = ""
+    env.update({"AI_JOBS_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", **(extra_env or {})})
+    args = ["dev", "--port", "0", "--sweep-interval", str(sweep_interval), *([] if public else ["--no-public"])]
+    proc = subprocess.Popen([sys.executable, "-m", "ai_jobs.cli", *args], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    found: dict[str, str] = {}
+    markers = {"url": "serving on ", "token": "AI_JOBS_TOKEN=", "database_url": "DATABASE_URL=", "demo_url": "demo "}
     deadline = time.monotonic() + 90
     assert proc.stdout is not None
+    line = ""
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
             break
-        if "serving on " in line:
-            url = line.split("serving on ", 1)[1].strip()
-        if "AI_JOBS_TOKEN=" in line:
-            token = line.split("AI_JOBS_TOKEN=", 1)[1].strip()
-        if "DATABASE_URL=" in line:
-            database_url = line.split("DATABASE_URL=", 1)[1].strip()
+        for key, marker in markers.items():
+            if marker in line and key not in found:
+                found[key] = line.split(marker, 1)[1].strip()
         if "Press Ctrl-C" in line:
+            # keep reading so the server never blocks on a full pipe
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-            return LocalStack(proc, url, token, Path(data_dir), database_url)
+            return LocalStack(proc, found["url"], found["token"], data_dir, found["database_url"], found.get("demo_url", ""))
     proc.kill()
-    raise RuntimeError("ai-jobs dev did not start")
+    raise RuntimeError(f"ai-jobs dev did not start; last output: {line!r}")

@@ -4,44 +4,28 @@ test-artifacts/."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
+from bench._local_stack import start_dev
 from tests.browser.conftest import screenshot
 
 pytestmark = pytest.mark.browser
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SUPABASE_URL")}
-    env.update({"AI_JOBS_DATA_DIR": str(tmp_path_factory.mktemp("dev")), "PYTHONUNBUFFERED": "1"})
-    proc = subprocess.Popen([sys.executable, "-m", "ai_jobs.cli", "dev", "--port", "0", "--sweep-interval", "2"],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    demo = ""
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if "demo " in line:
-            demo = line.split("demo", 1)[1].strip()
-        if "Press Ctrl-C" in line:
-            break
-    assert demo, "ai-jobs dev printed no demo URL"
-    threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-    yield demo, demo.split("#", 1)[0]
-    proc.terminate()
-    proc.wait(timeout=30)
+    stack = start_dev(data_dir=tmp_path_factory.mktemp("dev"), public=True, sweep_interval=2)
+    assert stack.demo_url, "ai-jobs dev printed no demo URL"
+    yield stack.demo_url, stack.url
+    stack.stop()
+
+
+def open_console(page, demo_url: str) -> None:  # type: ignore[no-untyped-def]
+    page.goto(demo_url)
+    page.wait_for_selector("body[data-ready=true]")
 
 
 def progress_values(page, until_status: str, timeout: float = 60) -> list[int]:  # type: ignore[no-untyped-def]
@@ -63,8 +47,7 @@ def fill_countdown(page, steps: int, seconds: float) -> None:  # type: ignore[no
 
 def test_submit_progress_complete(page, dev_stack) -> None:  # type: ignore[no-untyped-def]
     demo_url, _ = dev_stack
-    page.goto(demo_url)
-    page.wait_for_selector("body[data-ready=true]")
+    open_console(page, demo_url)
     assert page.inner_text("#auth-status") == "Using the saved token."
     assert "token=" not in page.url  # the token does not linger in the address bar
     fill_countdown(page, steps=6, seconds=0.5)
@@ -83,8 +66,7 @@ def test_submit_progress_complete(page, dev_stack) -> None:  # type: ignore[no-u
 
 def test_cancel_then_retry(page, dev_stack) -> None:  # type: ignore[no-untyped-def]
     demo_url, _ = dev_stack
-    page.goto(demo_url)
-    page.wait_for_selector("body[data-ready=true]")
+    open_console(page, demo_url)
     fill_countdown(page, steps=12, seconds=0.4)
     page.click("#submit")
     page.wait_for_function("() => document.querySelector('#progress').value >= 17")
@@ -101,8 +83,7 @@ def test_cancel_then_retry(page, dev_stack) -> None:  # type: ignore[no-untyped-
 
 def test_validation_errors_show_at_the_field(page, dev_stack) -> None:  # type: ignore[no-untyped-def]
     demo_url, _ = dev_stack
-    page.goto(demo_url)
-    page.wait_for_selector("body[data-ready=true]")
+    open_console(page, demo_url)
     fill_countdown(page, steps=5000, seconds=0.1)
     page.click("#submit")
     page.wait_for_selector("#form-errors:not([hidden])")
@@ -113,8 +94,7 @@ def test_validation_errors_show_at_the_field(page, dev_stack) -> None:  # type: 
 
 def test_accessibility_basics(page, dev_stack) -> None:  # type: ignore[no-untyped-def]
     demo_url, _ = dev_stack
-    page.goto(demo_url)
-    page.wait_for_selector("body[data-ready=true]")
+    open_console(page, demo_url)
     unlabeled = page.evaluate(
         """() => [...document.querySelectorAll('input, select, textarea')]
               .filter(el => el.offsetParent !== null && !(el.labels && el.labels.length))
