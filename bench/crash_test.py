@@ -27,18 +27,20 @@ import psycopg
 REPO = Path(__file__).resolve().parents[1]
 
 AUDIT = """
-create table if not exists public.crash_audit (job_id uuid, step text, value jsonb, at timestamptz default clock_timestamp());
-revoke all on public.crash_audit from anon, authenticated;
-create or replace function public.crash_audit_checkpoints() returns trigger language plpgsql set search_path = '' as $$
+create schema if not exists crash_test;
+revoke all on schema crash_test from public;
+create table if not exists crash_test.audit (job_id uuid, step text, value jsonb, at timestamptz default clock_timestamp());
+create or replace function crash_test.audit_checkpoints() returns trigger language plpgsql set search_path = '' as $$
 begin
-  insert into public.crash_audit (job_id, step, value)
+  insert into crash_test.audit (job_id, step, value)
   select new.id, k.key, k.value from jsonb_each(new.checkpoints) k
   where not (old.checkpoints ? k.key) or old.checkpoints -> k.key is distinct from k.value;
   return new;
 end $$;
-create or replace trigger crash_audit after update of checkpoints on public.ai_jobs
-  for each row execute function public.crash_audit_checkpoints();
+create or replace trigger crash_test_audit after update of checkpoints on public.ai_jobs
+  for each row execute function crash_test.audit_checkpoints();
 """
+CLEANUP = "drop trigger if exists crash_test_audit on public.ai_jobs; drop schema if exists crash_test cascade;"
 
 
 @dataclass
@@ -83,7 +85,7 @@ def run_crash_test(
     rng = random.Random(seed)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(AUDIT)
-        conn.execute("truncate public.crash_audit")
+        conn.execute("truncate crash_test.audit")
         user = conn.execute("insert into auth.users (id) values (gen_random_uuid()) returning id").fetchone()[0]
         conn.execute(
             "insert into public.ai_jobs (user_id, job_type, input, max_attempts) "
@@ -130,7 +132,7 @@ def run_crash_test(
         writes, duplicates = conn.execute(
             """
             select coalesce(sum(n), 0), count(*) filter (where n > 1) from (
-              select a.job_id, a.step, count(*) n from public.crash_audit a
+              select a.job_id, a.step, count(*) n from crash_test.audit a
               join public.ai_jobs j on j.id = a.job_id where j.user_id = %s group by 1, 2) t
             """,
             (user,),
@@ -147,6 +149,7 @@ def run_crash_test(
         ).fetchone()[0]
         conn.execute("delete from public.ai_jobs where user_id = %s", (user,))
         conn.execute("delete from auth.users where id = %s", (user,))
+        conn.execute(CLEANUP)
 
     problems = []
     total = sum(by_status.values())

@@ -334,3 +334,27 @@ def test_logs_never_carry_job_data(pg_store: PostgresStore, make_user, caplog, m
     assert "ValueError" in logged and "leaky" in logged  # still debuggable: type and stack frames
     assert "078-05-1120" not in logged
     assert "078-05-1120" in pg_store.get(job_id).error.message  # the owner still sees it on their row
+
+
+def test_batched_completions_one_write_and_lost_leases_not_completed(pg_store: PostgresStore, make_user, database_url: str) -> None:
+    registry = JobRegistry()
+    stolen: list[UUID] = []
+
+    @registry.job("test.quick", input=Empty, output=Count)
+    def quick(_: Empty, ctx: JobContext) -> Count:
+        if not stolen:  # the first job of the batch loses its lease while it runs
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                conn.execute("update public.ai_jobs set lease_expires_at = now() - interval '1 s' where id = %s", (ctx.job.id,))
+            stolen.extend(j.id for j in pg_store.claim("usurper", job_id=ctx.job.id))
+        return Count(steps=1)
+
+    user = make_user()
+    for _ in range(5):
+        enqueue(pg_store, registry, user, "test.quick", {})
+    store = CountingStore(pg_store)
+    outcomes = Runner(store, registry).run_available(batch=5)
+    assert store.calls["ai_jobs_complete_many_v1"] == 1 and store.calls["ai_jobs_complete_v1"] == 0
+    kinds = {o.job_id: o.kind for o in outcomes}
+    assert len(stolen) == 1 and kinds[stolen[0]] == "lost"
+    assert sorted(kinds.values()) == ["completed"] * 4 + ["lost"]
+    assert pg_store.get(stolen[0]).locked_by == "usurper"  # the batch write did not touch it

@@ -19,7 +19,7 @@ from ai_jobs.errors import (
     LeaseLostError,
 )
 from ai_jobs.models import JobError, JobStatus, NewJob
-from ai_jobs.store.base import JobStore
+from ai_jobs.store.base import COMPLETE_MANY, JobStore, Json
 
 RETRYABLE = JobError(code="overloaded", message="try later", retryable=True)
 FATAL = JobError(code="bad_request", message="prompt too long", retryable=False)
@@ -360,3 +360,22 @@ def test_job_type_and_shape_checked_by_the_database(make_user, database_url) -> 
             "insert into public.ai_jobs (user_id, job_type, status, finished_at) values (%s, 'a', 'completed', now())",
             (user,),
         )
+
+
+def test_complete_many_completes_only_what_the_worker_holds(store: JobStore, make_user) -> None:
+    user = make_user()
+    mine = [enqueue(store, user).job for _ in range(3)]
+    theirs = enqueue(store, user).job
+    store.claim("w1", limit=3)
+    store.claim("w2", job_id=theirs.id)
+    results = [(job.id, {"n": i}, {"input_tokens": i} if i else None) for i, job in enumerate(mine)]
+    results.append((theirs.id, {"n": 99}, None))
+    done = store.complete_many("w1", results)
+    assert done == {job.id for job in mine}
+    for i, job in enumerate(mine):
+        finished = store.get(job.id)
+        assert finished.status is JobStatus.COMPLETED and finished.result == {"n": i} and finished.progress == 100
+    assert store.get(mine[2].id).usage == {"input_tokens": 2}
+    assert store.get(theirs.id).status is JobStatus.RUNNING  # not w1's to complete
+    with pytest.raises(InvalidArgumentError):
+        store.call(COMPLETE_MANY, {"p_worker": "w1", "p_results": Json({"id": "not an array"})})

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import ValidationError
@@ -30,6 +30,8 @@ from ai_jobs.registry import InputValidationError, JobRegistry, registry as defa
 from ai_jobs.store.base import JobStore
 
 log = logging.getLogger(__name__)
+
+COMPLETE_DELAY = 0.1  # seconds a finished job may wait for its batch's completion write
 
 OutcomeKind = Literal["completed", "failed", "retrying", "cancelled", "continued", "lost"]
 
@@ -100,15 +102,26 @@ class Runner:
             contexts = [self._context(job, deadline) for job in claimed]
             for ctx in contexts:
                 self.heartbeater.track(ctx)
+            # With batches, finished jobs are completed together (one commit) at the
+            # end of the batch or after COMPLETE_DELAY; they stay leased until then.
+            deferred: list[tuple[Job, Any, dict[str, Any]]] | None = [] if batch > 1 else None
+            first_deferred_at = 0.0
             try:
                 for index, ctx in enumerate(contexts):
                     out_of_time = deadline is not None and deadline - self.clock() < min_remaining_seconds
                     if out_of_time or self.stopping.is_set() or (outcomes and outcomes[-1].kind == "continued"):
                         self._release_unstarted(contexts[index:])
                         return outcomes
-                    outcomes.append(self.run_claimed(ctx.job, ctx=ctx))
-                    self.heartbeater.untrack(ctx.job.id)
+                    if deferred and time.monotonic() - first_deferred_at > COMPLETE_DELAY:
+                        self._complete_deferred(deferred, outcomes)
+                    if deferred is not None and not deferred:
+                        first_deferred_at = time.monotonic()
+                    outcomes.append(self.run_claimed(ctx.job, ctx=ctx, deferred=deferred))
+                    if deferred is None or not deferred or deferred[-1][0].id != ctx.job.id:
+                        self.heartbeater.untrack(ctx.job.id)
             finally:
+                if deferred:
+                    self._complete_deferred(deferred, outcomes)
                 for ctx in contexts:
                     self.heartbeater.untrack(ctx.job.id)
             if outcomes and outcomes[-1].kind == "continued":
@@ -127,6 +140,20 @@ class Runner:
             stopping=self.stopping,
         )
 
+    def _complete_deferred(self, deferred: list[tuple[Job, Any, dict[str, Any]]], outcomes: list[Outcome]) -> None:
+        """Write the batch's completions in one statement; a job whose lease was
+        lost meanwhile is not completed and its outcome becomes "lost"."""
+        batch, deferred[:] = list(deferred), []
+        try:
+            done = self.store.complete_many(self.worker_id, [(job.id, result, usage) for job, result, usage in batch])
+        except AiJobsError:
+            log.warning("could not complete %d jobs; their leases will expire and they will run again", len(batch))
+            done = set()
+        lost = {job.id for job, _, _ in batch} - done
+        for i, outcome in enumerate(outcomes):
+            if outcome.job_id in lost and outcome.kind == "completed":
+                outcomes[i] = Outcome(outcome.job_id, outcome.job_type, "lost")
+
     def _release_unstarted(self, contexts: list[JobContext]) -> None:
         for ctx in contexts:
             try:
@@ -134,14 +161,22 @@ class Runner:
             except AiJobsError:
                 log.warning("job %s: could not release; its lease will expire", ctx.job.id)
 
-    def run_claimed(self, job: Job, *, deadline: float | None = None, ctx: JobContext | None = None) -> Outcome:
-        """Run one job this worker holds the lease on, and record how it ended."""
+    def run_claimed(
+        self,
+        job: Job,
+        *,
+        deadline: float | None = None,
+        ctx: JobContext | None = None,
+        deferred: list[tuple[Job, Any, dict[str, Any]]] | None = None,
+    ) -> Outcome:
+        """Run one job this worker holds the lease on, and record how it ended
+        (a completion goes to `deferred` when given, to be written with others)."""
         ctx = ctx or self._context(job, deadline)
         standalone = not self.heartbeater.is_tracking(job.id)  # called directly, not via run_available
         if standalone:
             self.heartbeater.track(ctx)
         try:
-            return self._run(job, ctx)
+            return self._run(job, ctx, deferred)
         except LeaseLostError:
             log.warning("job %s: lease lost; another worker owns it now", job.id)
             return Outcome(job.id, job.job_type, "lost")
@@ -149,7 +184,7 @@ class Runner:
             if standalone:
                 self.heartbeater.untrack(job.id)
 
-    def _run(self, job: Job, ctx: JobContext) -> Outcome:
+    def _run(self, job: Job, ctx: JobContext, deferred: list[tuple[Job, Any, dict[str, Any]]] | None = None) -> Outcome:
         try:
             definition = self.registry.get(job.job_type)
             payload = definition.parse_input(job.input)
@@ -189,7 +224,10 @@ class Runner:
             log.error("job %s (%s) raised %s", job.id, job.job_type, describe_exception(exc))
             return self._fail(job, ctx, RetryableJobError("handler_error", f"{type(exc).__name__}: {exc}"))
         ctx.flush_progress()
-        self.store.complete(job.id, self.worker_id, result.model_dump(mode="json"), usage=ctx.take_usage())
+        if deferred is not None:
+            deferred.append((job, result.model_dump(mode="json"), ctx.take_usage()))
+        else:
+            self.store.complete(job.id, self.worker_id, result.model_dump(mode="json"), usage=ctx.take_usage())
         return Outcome(job.id, job.job_type, "completed")
 
     def _fail(self, job: Job, ctx: JobContext, failure: JobFailure) -> Outcome:

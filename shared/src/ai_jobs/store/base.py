@@ -49,6 +49,7 @@ HEARTBEAT = SqlFunction("ai_jobs_heartbeat_v1")
 PROGRESS = SqlFunction("ai_jobs_progress_v1")
 CHECKPOINT = SqlFunction("ai_jobs_checkpoint_v1")
 COMPLETE = SqlFunction("ai_jobs_complete_v1")
+COMPLETE_MANY = SqlFunction("ai_jobs_complete_many_v1")
 FAIL = SqlFunction("ai_jobs_fail_v1")
 RELEASE = SqlFunction("ai_jobs_release_v1")
 CANCELLED = SqlFunction("ai_jobs_cancelled_v1")
@@ -201,6 +202,15 @@ class JobStore(ABC):
                 "p_usage": Json(dict(usage)) if usage else None,
             },
         )
+
+    def complete_many(self, worker: str, results: Sequence[tuple[UUID, Any, Mapping[str, Any] | None]]) -> set[UUID]:
+        """Complete several jobs in one statement; returns the ids this worker still held."""
+        payload = [
+            {"id": str(job_id), "result": result, **({"usage": dict(usage)} if usage else {})}
+            for job_id, result, usage in results
+        ]
+        rows = self.call(COMPLETE_MANY, {"p_worker": worker, "p_results": Json(payload)})
+        return {UUID(str(row["id"])) for row in rows}
 
     def fail(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlparse
 
@@ -22,6 +23,17 @@ def _uses_transaction_pooler(conninfo: str) -> bool:
         return urlparse(conninfo).port == 6543
     except ValueError:
         return False
+
+
+@lru_cache(maxsize=256)
+def _statement(function: SqlFunction, names: tuple[str, ...]) -> str:
+    """`select * from public.fn(a => %(a)s, ...)`, composed once per argument set."""
+    arguments = sql.SQL(", ").join(
+        sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder(name)) for name in names
+    )
+    target = sql.SQL("public.{}({})").format(sql.Identifier(function.name), arguments)
+    query = (sql.SQL("select * from {}") if function.returns_set else sql.SQL("select {} as value")).format(target)
+    return query.as_string(None)
 
 
 class PostgresStore(JobStore):
@@ -44,13 +56,7 @@ class PostgresStore(JobStore):
 
     def call(self, function: SqlFunction, params: Mapping[str, Any]) -> Any:
         bound = {k: (Jsonb(v.value) if isinstance(v, Json) else v) for k, v in params.items() if v is not None}
-        arguments = sql.SQL(", ").join(
-            sql.SQL("{} => {}").format(sql.Identifier(name), sql.Placeholder(name)) for name in bound
-        )
-        target = sql.SQL("public.{}({})").format(sql.Identifier(function.name), arguments)
-        query = (
-            sql.SQL("select * from {}") if function.returns_set else sql.SQL("select {} as value")
-        ).format(target)
+        query = _statement(function, tuple(bound))
         try:
             with self._pool.connection() as conn:
                 rows = conn.execute(query, bound).fetchall()
