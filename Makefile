@@ -44,8 +44,13 @@ migrate: $(STAMP)
 	$(BIN)/ai-jobs migrate
 
 bench: $(STAMP)
-	$(BIN)/python bench/import_time.py
+	$(BIN)/python -m pip install --quiet -e '.[bench]'
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/create_latency.py
+	$(BIN)/python bench/import_time.py
+	$(BIN)/python bench/crash_test.py
+	$(BIN)/python bench/load_test.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache test-artifacts $(JS_DIR)/node_modules
