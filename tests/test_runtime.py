@@ -287,6 +287,7 @@ def test_heartbeat_keeps_a_long_job_leased(pg_store: PostgresStore, make_user) -
     holder = Runner(pg_store, registry, lease_seconds=1)
     thread = threading.Thread(target=holder.run_available)
     thread.start()
+    _wait_for(lambda: pg_store.get(job_id).locked_by == holder.worker_id, 10, "the holder to claim the job")
     stolen = []
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:

@@ -150,9 +150,11 @@ class Runner:
             log.warning("could not complete %d jobs; their leases will expire and they will run again", len(batch))
             done = set()
         lost = {job.id for job, _, _ in batch} - done
-        for i, outcome in enumerate(outcomes):
-            if outcome.job_id in lost and outcome.kind == "completed":
-                outcomes[i] = Outcome(outcome.job_id, outcome.job_type, "lost")
+        if not lost:
+            return
+        for i in range(len(outcomes) - 1, max(len(outcomes) - len(batch), 0) - 1, -1):  # the batch is the tail
+            if outcomes[i].job_id in lost and outcomes[i].kind == "completed":
+                outcomes[i] = Outcome(outcomes[i].job_id, outcomes[i].job_type, "lost")
 
     def _release_unstarted(self, contexts: list[JobContext]) -> None:
         for ctx in contexts:
