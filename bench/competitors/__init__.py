@@ -1,0 +1,1 @@
+"""No-op task definitions for the competing queues in bench/throughput.py."""
