@@ -292,13 +292,22 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
             job_type=args.type,
             limit=args.limit,
         )
+    rows = [
+        (str(job.id), job.job_type, job.status.value, f"{job.progress}%", f"{job.attempts}/{job.max_attempts}",
+         job.created_at.isoformat(timespec="seconds"))
+        for job in page.jobs
+    ]
+    console = Console()
+    if not console.is_terminal:  # piped: whole ids, one job per tab-separated line
+        for row in rows:
+            print("\t".join(row))
+        return 0
     table = Table()
     for col in ("id", "type", "status", "progress", "attempts", "created"):
-        table.add_column(col)
-    for job in page.jobs:
-        table.add_row(str(job.id), job.job_type, job.status.value, f"{job.progress}%",
-                      f"{job.attempts}/{job.max_attempts}", job.created_at.isoformat(timespec="seconds"))
-    Console().print(table)
+        table.add_column(col, no_wrap=col == "id")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
     return 0
 
 
@@ -323,13 +332,13 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
     console = Console()
     table = Table(title="Queue depth")
     for col in ("type", "status", "jobs", "oldest due"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "type")
     for row in depth:
         table.add_row(row.job_type, row.status.value, str(row.jobs), str(row.oldest_run_at or ""))
     console.print(table)
     table = Table(title="Last 24 h")
     for col in ("type", "completed", "failed", "cancelled", "failure rate", "p50 s", "p95 s"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col == "type")
 
     def fmt(value: float | None) -> str:
         return "" if value is None else f"{value:.2f}"
