@@ -1,0 +1,71 @@
+"""useAiJob in a real React app (React from npm, bundled with esbuild), in
+headless Chromium against `ai-jobs dev`; and the TypeScript declarations
+checked with tsc against a usage file."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench._local_stack import LocalStack, start_dev
+from tests.browser.conftest import screenshot
+
+pytestmark = pytest.mark.browser
+JS = Path(__file__).resolve().parent / "js"
+PAGE = '<!doctype html><html lang="en"><body><div id="root"></div><script type="module" src="/react-app.js"></script></body></html>'
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("react") / "react-app.js"
+    build = subprocess.run(
+        [str(JS / "node_modules" / ".bin" / "esbuild"), str(JS / "react_app.jsx"), "--bundle", "--format=esm",
+         "--jsx=automatic", "--define:process.env.NODE_ENV=\"development\"", f"--outfile={out}"],
+        cwd=JS, capture_output=True, text=True, env={"NODE_PATH": str(JS / "node_modules"), "PATH": "/usr/bin:/bin"},
+    )
+    assert build.returncode == 0, build.stderr
+    return out.read_text()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    running = start_dev(data_dir=tmp_path_factory.mktemp("dev"))
+    yield running
+    running.stop()
+
+
+def test_declarations_type_check() -> None:
+    result = subprocess.run(
+        [str(JS / "node_modules" / ".bin" / "tsc"), "--noEmit", "--strict", "--target", "es2022", "--module", "esnext",
+         "--moduleResolution", "bundler", "--skipLibCheck", "false", "types_check.ts"],
+        cwd=JS, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_use_ai_job_follows_cancels_and_retries(page, stack: LocalStack, bundle: str) -> None:  # type: ignore[no-untyped-def]
+    with httpx.Client(base_url=stack.url, headers={"authorization": f"Bearer {stack.token}"}) as api:
+        job = api.post("/api/jobs", json={"type": "example.countdown", "input": {"steps": 25, "step_seconds": 0.2}}).json()
+    page.route(f"{stack.url}/react-test.html", lambda route: route.fulfill(body=PAGE, content_type="text/html"))
+    page.route(f"{stack.url}/react-app.js", lambda route: route.fulfill(body=bundle, content_type="text/javascript"))
+    page.goto(f"{stack.url}/react-test.html#job={job['id']}&token={stack.token}")
+    page.wait_for_function("window.appReady === true")
+    page.wait_for_function("document.querySelector('#progress').value >= 12")
+    assert page.inner_text("#status") == "running" and page.inner_text("#message").startswith("Step ")
+    page.click("#cancel")
+    page.wait_for_function("document.querySelector('#status').textContent === 'cancelled'")
+    screenshot(page, "react-hook-cancelled")
+    page.click("#retry")
+    page.wait_for_function("document.querySelector('#status').textContent === 'completed'", timeout=60_000)
+    assert '"steps_completed":25' in page.inner_text("#result")
+    states = page.evaluate("window.hookStates")
+    statuses = [s["status"] for s in states]
+    assert statuses[0] == "loading" and "running" in statuses and statuses[-1] == "completed"
+    first_completed = statuses.index("completed")
+    assert all(s == "completed" for s in statuses[first_completed:])
+    screenshot(page, "react-hook-completed")
