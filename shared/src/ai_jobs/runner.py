@@ -116,9 +116,10 @@ class Runner:
                         self._complete_deferred(deferred, outcomes)
                     if deferred is not None and not deferred:
                         first_deferred_at = time.monotonic()
-                    outcomes.append(self.run_claimed(ctx.job, ctx=ctx, deferred=deferred))
-                    if deferred is None or not deferred or deferred[-1][0].id != ctx.job.id:
-                        self.heartbeater.untrack(ctx.job.id)
+                    outcome = self.run_claimed(ctx.job, ctx=ctx, deferred=deferred)
+                    outcomes.append(outcome)
+                    if deferred is None or outcome.kind != "completed":
+                        self.heartbeater.untrack(ctx.job.id)  # a deferred completion stays leased until written
             finally:
                 if deferred:
                     self._complete_deferred(deferred, outcomes)
@@ -149,6 +150,9 @@ class Runner:
         except AiJobsError:
             log.warning("could not complete %d jobs; their leases will expire and they will run again", len(batch))
             done = set()
+        finally:
+            for job, _, _ in batch:
+                self.heartbeater.untrack(job.id)
         lost = {job.id for job, _, _ in batch} - done
         if not lost:
             return
