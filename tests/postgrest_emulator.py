@@ -19,6 +19,8 @@ import psycopg
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from tests.rls import act_as
+
 RPC_PATH = re.compile(r"^/rest/v1/rpc/(?P<fn>[A-Za-z_][A-Za-z0-9_]*)$")
 
 
@@ -120,12 +122,7 @@ class PostgrestEmulator:
                 query = sql.SQL("select to_json({}) {}").format(call, source)
             try:
                 with conn.transaction():
-                    conn.execute(
-                        "select set_config('role', %s, true), set_config('request.jwt.claims', %s, true),"
-                        " set_config('request.method', 'POST', true),"
-                        " set_config('request.path', %s, true)",
-                        (claims.get("role", "anon"), json.dumps(claims), f"/rpc/{fn}"),
-                    )
+                    act_as(conn, claims, method="POST", path=f"/rpc/{fn}")
                     value = conn.execute(query, {"body": json.dumps(body)}).fetchone()[0]
             except psycopg.Error as exc:
                 diag = exc.diag

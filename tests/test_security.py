@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from ai_jobs.errors import StoreUnavailableError
 from ai_jobs.models import NewJob
 from ai_jobs.store.postgres import PostgresStore
 from tests.conftest import SUPABASE_URL, make_token
+from tests.rls import act_as
 
 
 @contextmanager
@@ -24,10 +24,7 @@ def as_role(database_url: str, role: str, sub: uuid.UUID | None = None) -> Itera
     claims = {"role": role, **({"sub": str(sub)} if sub else {})}
     with psycopg.connect(database_url) as conn:
         with conn.transaction():
-            conn.execute(
-                "select set_config('role', %s, true), set_config('request.jwt.claims', %s, true)",
-                (role, json.dumps(claims)),
-            )
+            act_as(conn, claims)
             yield conn
 
 

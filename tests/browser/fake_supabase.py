@@ -25,6 +25,7 @@ import psycopg
 from aiohttp import WSMsgType, web
 
 from tests.conftest import JWT_SECRET
+from tests.rls import act_as
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -186,8 +187,7 @@ class FakeSupabase:
 
     def _read_as(self, claims: dict[str, Any], job_id: str) -> list[dict[str, Any]]:
         with psycopg.connect(self.database_url) as conn, conn.transaction():
-            conn.execute("select set_config('role', %s, true), set_config('request.jwt.claims', %s, true)",
-                         (claims["role"], json.dumps(claims)))
+            act_as(conn, claims, path="/ai_jobs")
             rows = conn.execute("select to_jsonb(j) from public.ai_jobs j where id = %s", (job_id,)).fetchall()
         return [r[0] for r in rows]
 
