@@ -32,8 +32,12 @@ def progress_values(page, until_status: str, timeout: float = 60) -> list[int]: 
     seen: list[int] = []
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        seen.append(int(page.eval_on_selector("#progress", "el => el.value")))
-        if page.inner_text("#job-status") == until_status:
+        # one read of both, so a render between two reads cannot pair them wrongly
+        value, status = page.evaluate(
+            "() => [document.querySelector('#progress').value, document.querySelector('#job-status').textContent]"
+        )
+        seen.append(int(value))
+        if status == until_status:
             return seen
         time.sleep(0.05)
     pytest.fail(f"status never became {until_status}; last {page.inner_text('#job-status')}, progress {seen[-5:]}")
