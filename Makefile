@@ -1,7 +1,13 @@
 # `make dev` and `make test` bootstrap everything they need (virtualenv,
 # packages, embedded PostgreSQL; for browser tests supabase-js from npm and,
 # in CI, Debian's Chromium) on a machine that has python3, node and npm.
-PYTHON ?= python3
+# Vercel runs Python 3.12: develop and test on it. Found on PATH or under pyenv.
+PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 /usr/bin/python3.12 /usr/local/bin/python3.12; do \
+  command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1 && { echo $$p; break; }; \
+  done)
+ifeq ($(PYTHON),)
+$(error Python 3.12 not found (Vercel runs 3.12): install it, or run make PYTHON=/path/to/python3.12)
+endif
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
