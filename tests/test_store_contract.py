@@ -219,6 +219,42 @@ def test_cancel_finished_job_conflicts(store: JobStore, make_user) -> None:
         store.request_cancel(job.id)
 
 
+def test_cancel_is_idempotent_and_a_repeat_changes_nothing(store: JobStore, make_user) -> None:
+    """The HTTP contract: cancelled -> the job (200), running -> flagged once, repeats
+    are reads (updated_at does not move, so Realtime sends no event); completed and
+    failed conflict (409) and stay as they were."""
+    user = make_user()
+    running = enqueue(store, user).job
+    store.claim("w")
+    flagged = store.request_cancel(running.id, user_id=user)
+    assert flagged.status is JobStatus.RUNNING and flagged.cancel_requested_at is not None
+    again = store.request_cancel(running.id, user_id=user)
+    assert again.status is JobStatus.RUNNING
+    assert (again.cancel_requested_at, again.updated_at) == (flagged.cancel_requested_at, flagged.updated_at)
+    assert again.locked_by == "w" and again.lease_expires_at == flagged.lease_expires_at
+
+    cancelled = store.mark_cancelled(running.id, "w")
+    repeat = store.request_cancel(running.id, user_id=user)
+    assert repeat.status is JobStatus.CANCELLED
+    assert (repeat.updated_at, repeat.finished_at) == (cancelled.updated_at, cancelled.finished_at)
+
+    pending = enqueue(store, user).job
+    first = store.request_cancel(pending.id, user_id=user)
+    assert first.status is JobStatus.CANCELLED and first.cancel_requested_at and first.finished_at
+    assert store.request_cancel(pending.id, user_id=user).updated_at == first.updated_at
+
+    completed, failed = enqueue(store, user).job, enqueue(store, user).job
+    store.claim("w", limit=2)
+    store.complete(completed.id, "w", {"ok": True})
+    store.fail(failed.id, "w", FATAL)
+    for job_id, status in ((completed.id, JobStatus.COMPLETED), (failed.id, JobStatus.FAILED)):
+        before = store.get(job_id)
+        with pytest.raises(JobStateError, match=f"is {status.value}"):
+            store.request_cancel(job_id, user_id=user)
+        after = store.get(job_id)
+        assert after.status is status and after.cancel_requested_at is None and after.updated_at == before.updated_at
+
+
 def test_retry_failed_or_cancelled_keeps_checkpoints(store: JobStore, make_user) -> None:
     user = make_user()
     job = enqueue(store, user).job
