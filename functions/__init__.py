@@ -1,1 +1,1 @@
-"""Vercel HTTP handlers. Each module exposes `handler(request)`; app.py composes them."""
+"""Vercel entrypoint: app.py exposes the package's Flask app (ai_jobs.http.app)."""

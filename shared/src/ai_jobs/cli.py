@@ -11,12 +11,9 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from ai_jobs.settings import Settings
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def _database_url(settings: Settings) -> str:
@@ -36,10 +33,8 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _load_app_factory() -> Any:
-    """functions/app.py composes the Vercel handlers; it lives beside shared/."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    from functions.app import create_app
+    """The package's Flask app (the same one Vercel serves through functions/app.py)."""
+    from ai_jobs.http.app import create_app
 
     return create_app
 

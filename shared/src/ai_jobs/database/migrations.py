@@ -10,22 +10,20 @@ own as well.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import psycopg
 from pydantic import BaseModel
 
+from ai_jobs import resources
+
 _LOCK_KEY = 0x61695F6A6F6273  # "ai_jobs": serialize concurrent migrate runs
 
 
 def supabase_dir() -> Path:
-    """The project's supabase/ folder (override with AI_JOBS_SUPABASE_DIR)."""
-    override = os.environ.get("AI_JOBS_SUPABASE_DIR")
-    if override:
-        return Path(override)
-    # shared/src/ai_jobs/database/migrations.py -> repository root
-    return Path(__file__).resolve().parents[4] / "supabase"
+    """The checkout's supabase/ folder, else the copy in the wheel (override
+    with AI_JOBS_SUPABASE_DIR)."""
+    return resources.supabase_dir()
 
 
 class MigrationReport(BaseModel):

@@ -1,1 +1,2 @@
-"""HTTP layer support: what the thin Vercel handlers in functions/ call."""
+"""The HTTP API: the Flask app (app.py), its thin handlers (handlers.py) and
+what they call (operations.py). functions/app.py exposes the app to Vercel."""
