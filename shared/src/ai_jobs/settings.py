@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 StoreKind = Literal["auto", "postgres", "supabase", "embedded"]
+_ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s@]+")
 
 
 class Settings(BaseModel):
@@ -45,6 +47,27 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     max_input_depth: int = Field(default=32, ge=1, le=200)
     stale_pending_seconds: int = Field(default=60, ge=1)
+    # Browser origins allowed to call the public /api routes cross-origin ("*": any);
+    # empty: same-origin only. Exact origins, as browsers send them in Origin.
+    cors_origins: tuple[str, ...] = ()
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """AI_JOBS_CORS_ORIGINS is comma-separated; a typo must fail at start-up, not
+        silently block every browser."""
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            return value
+        origins: list[str] = []
+        for item in (str(i).strip() for i in items):
+            if not item:
+                continue
+            origin = item.rstrip("/").lower()
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{item!r} is not an origin: use scheme://host[:port] (no path), or *")
+            origins.append(origin)
+        return tuple(origins)
 
     def jwt_issuer(self) -> str | None:
         """Supabase signs user tokens with iss = <SUPABASE_URL>/auth/v1."""
@@ -88,6 +111,7 @@ class Settings(BaseModel):
             "max_body_bytes": "AI_JOBS_MAX_BODY_BYTES",
             "max_input_depth": "AI_JOBS_MAX_INPUT_DEPTH",
             "stale_pending_seconds": "AI_JOBS_STALE_PENDING_SECONDS",
+            "cors_origins": "AI_JOBS_CORS_ORIGINS",
             "data_dir": "AI_JOBS_DATA_DIR",
             "max_active_per_user": "AI_JOBS_MAX_ACTIVE_PER_USER",
             "lease_seconds": "AI_JOBS_LEASE_SECONDS",
