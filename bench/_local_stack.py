@@ -9,7 +9,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,6 +23,7 @@ class LocalStack:
     data_dir: Path
     database_url: str
     demo_url: str
+    banner: list[str] = field(default_factory=list)  # what it printed up to "Press Ctrl-C"
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -48,16 +49,19 @@ def start_dev(
     deadline = time.monotonic() + 90
     assert proc.stdout is not None
     line = ""
+    banner: list[str] = []
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
             break
+        banner.append(line.rstrip("\n"))
         for key, marker in markers.items():
             if marker in line and key not in found:
                 found[key] = line.split(marker, 1)[1].strip()
         if "Press Ctrl-C" in line:
             # keep reading so the server never blocks on a full pipe
             threading.Thread(target=lambda: [None for _ in proc.stdout], daemon=True).start()  # type: ignore[union-attr]
-            return LocalStack(proc, found["url"], found["token"], data_dir, found["database_url"], found.get("demo_url", ""))
+            return LocalStack(proc, found["url"], found["token"], data_dir, found["database_url"],
+                              found.get("demo_url", ""), banner)
     proc.kill()
     raise RuntimeError(f"ai-jobs dev did not start; last output: {line!r}")

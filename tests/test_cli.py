@@ -10,6 +10,7 @@ from pathlib import Path
 
 import psycopg
 
+from ai_jobs.database.migrations import migration_files
 from bench._local_stack import start_dev
 from tests.test_migrations import fresh_database  # noqa: F401 - fixture
 
@@ -25,9 +26,10 @@ def test_migrate_command_against_database_url(fresh_database: str) -> None:  # n
     first = run(["migrate"], env)
     assert first.returncode == 0, first.stderr
     assert "applied   20261122000100_ai_jobs_schema.sql" in first.stdout
+    assert "up to date" not in first.stdout
     second = run(["migrate"], env)
     assert second.returncode == 0 and "applied   " not in second.stdout
-    assert "unchanged 20261122000200_ai_jobs_api.sql" in second.stdout
+    assert f"up to date: {len(migration_files())} migrations already applied" in second.stdout
 
 
 def test_dev_brings_up_embedded_database_and_keeps_data(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -50,11 +51,14 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     standin = {"auto": None, "yes": True, "no": False}[args.standin]
     report = migrate(url, standin=standin)
     if report.standin_applied:
-        print("local Supabase stand-in: applied (this database is not Supabase)")
+        print("local Supabase stand-in: in place (this database is not Supabase)")
+    if not report.applied:
+        print(f"up to date: {len(report.already_applied)} migrations already applied")
+        return 0
     for name in report.applied:
         print(f"applied   {name}")
-    for name in report.already_applied:
-        print(f"unchanged {name}")
+    if report.already_applied:
+        print(f"({len(report.already_applied)} already applied before)")
     return 0
 
 
@@ -76,7 +80,13 @@ def _serve(settings: Settings, args: argparse.Namespace, banner: list[str], demo
         holder["svc"] = Services(settings=configured)
         return create_app(holder["svc"], serve_public=not args.no_public)
 
+    from ai_jobs.devtools import remove_server_record, write_server_record
+
+    database = _database_identity(settings)
+
     def ready(url: str) -> None:
+        # `ai-jobs enqueue` reads this to hand its jobs to us, as POST /api/jobs does
+        write_server_record(settings.data_dir, url, database)
         console = Console()
         console.print(f"[bold green]ai-jobs[/] serving on {url}")
         for line in banner:
@@ -87,17 +97,31 @@ def _serve(settings: Settings, args: argparse.Namespace, banner: list[str], demo
         print("Press Ctrl-C to stop.", flush=True)
 
     stop = _stop_on_signals()
-    serve(
-        app_factory,
-        host=args.host,
-        port=args.port,
-        sweep=lambda: operations.run_sweep(holder["svc"]),
-        sweep_interval=args.sweep_interval,
-        on_ready=ready,
-        stop=stop,
-    )
+    try:
+        serve(
+            app_factory,
+            host=args.host,
+            port=args.port,
+            sweep=lambda: operations.run_sweep(holder["svc"]),
+            sweep_interval=args.sweep_interval,
+            on_ready=ready,
+            stop=stop,
+        )
+    finally:
+        remove_server_record(settings.data_dir)
     holder["svc"].close()
     return 0
+
+
+def _database_identity(settings: Settings) -> str:
+    """Which database a process works on, comparable between processes: a
+    server's hand-off only helps a job in the database that server serves."""
+    kind = settings.resolved_store()
+    if kind == "supabase":
+        return f"supabase:{(settings.supabase_url or '').rstrip('/')}"
+    if kind == "postgres":
+        return settings.database_url or ""
+    return _database_url(settings)
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -110,6 +134,9 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     from ai_jobs.devtools import dev_secrets, ensure_user, mint_token
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not os.environ.get("ANTHROPIC_API_KEY"):
+        print("warning: ANTHROPIC_API_KEY is not set: the ai.* job types will fail until it is set "
+              "(example.countdown works without it)", file=sys.stderr, flush=True)
     url = _database_url(settings)
     if settings.database_url:
         from ai_jobs.database.migrations import migrate
@@ -210,10 +237,26 @@ def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _watch(store: Any, job_id: uuid.UUID, interval: float = 0.5) -> int:
+    """Follow a job until it ends: a progress bar on a terminal, plain lines
+    (one per change: percent, status, message) when piped. 0 if it completed."""
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console()
+    job = _follow_with_bar(store, job_id, interval, console) if console.is_terminal else _follow_plain(
+        store, job_id, interval
+    )
+    if job.status.value == "completed":
+        console.print_json(json.dumps(job.result))
+        if job.usage:
+            console.print(f"usage: {json.dumps(job.usage)}")
+        return 0
+    console.print(f"[bold red]{job.status.value}[/]: {job.error.message if job.error else ''}")
+    return 1
+
+
+def _follow_with_bar(store: Any, job_id: uuid.UUID, interval: float, console: Any) -> Any:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
         console=console,
@@ -224,15 +267,55 @@ def _watch(store: Any, job_id: uuid.UUID, interval: float = 0.5) -> int:
             label = f"{job.job_type} [{job.status.value}] {job.progress_message or ''}".strip()
             bar.update(task, completed=job.progress, description=label)
             if job.is_terminal:
-                break
+                return job
             time.sleep(interval)
-    if job.status.value == "completed":
-        console.print_json(json.dumps(job.result))
-        if job.usage:
-            console.print(f"usage: {json.dumps(job.usage)}")
-        return 0
-    console.print(f"[bold red]{job.status.value}[/]: {job.error.message if job.error else ''}")
-    return 1
+
+
+def _follow_plain(store: Any, job_id: uuid.UUID, interval: float) -> Any:
+    last = None
+    while True:
+        job = store.get(job_id)
+        line = f"{job.progress:>3}% {job.status.value}" + (f" {job.progress_message}" if job.progress_message else "")
+        if line != last:
+            print(line, flush=True)
+            last = line
+        if job.is_terminal:
+            return job
+        time.sleep(interval)
+
+
+def _hand_off(settings: Settings, job_id: uuid.UUID) -> None:
+    """Ask for a worker invocation for the new job, as POST /api/jobs does, so it
+    starts now instead of at the next sweep. Notes go to stderr: stdout keeps
+    the job id for scripts."""
+    from ai_jobs.devtools import existing_dev_secrets, read_server_record
+
+    url = settings.worker_url
+    if not url:
+        record = read_server_record(settings.data_dir)
+        if record is not None and record.database == _database_identity(settings):
+            url = record.url
+    waits = "the job waits for a worker (`ai-jobs worker`) or the next sweep"
+    if not url:
+        print(f"no worker to hand off to: {waits}", file=sys.stderr)
+        return
+    dev = existing_dev_secrets(settings.data_dir)
+    secret = settings.worker_secret or (dev.worker_secret if dev else None)
+    if not secret:
+        print(f"no WORKER_SECRET to hand off to {url} with: {waits}", file=sys.stderr)
+        return
+    from ai_jobs.dispatch import Dispatcher
+
+    logging.getLogger("ai_jobs.dispatch").setLevel(logging.CRITICAL)  # we say it once, below
+    # Not closed: its thread ends by itself within the read timeout, and the
+    # interpreter waits for it at exit (closing could cut the request short).
+    dispatcher = Dispatcher(url, secret, bypass_secret=settings.protection_bypass_secret,
+                            wait_seconds=5.0, connect_timeout=2.0)
+    delivered = dispatcher.dispatch(job_id)
+    if delivered is not None and delivered.is_set() and not dispatcher.failed:
+        print(f"handed off to {dispatcher.url}", file=sys.stderr)
+    else:
+        print(f"hand-off to {dispatcher.url} failed: {waits}", file=sys.stderr)
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
@@ -254,6 +337,8 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         user_id = ensure_user(settings.database_url, args.user) if settings.database_url else uuid.UUID(args.user)
         result = submit_job(store, user_id, args.type, payload, settings=settings, priority=args.priority)
         print(f"{'enqueued' if result.created else 'existing'} {result.job.id}", flush=True)
+        if result.created:
+            _hand_off(settings, result.job.id)
         if args.watch:
             return _watch(store, result.job.id)
     return 0
@@ -280,9 +365,11 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from ai_jobs.models import JobStatus
     from ai_jobs.store import open_store
 
-    with open_store(_local(settings)) as store:
+    settings = _local(settings)
+    user_id = _existing_user(settings, args.user) if args.user else None
+    with open_store(settings) as store:
         page = store.list(
-            user_id=uuid.UUID(args.user) if args.user else None,
+            user_id=user_id,
             status=JobStatus(args.status) if args.status else None,
             job_type=args.type,
             limit=args.limit,
@@ -304,6 +391,21 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
         table.add_row(*row)
     console.print(table)
     return 0
+
+
+def _existing_user(settings: Settings, who: str) -> uuid.UUID:
+    """A user id, or the id of the user with that email (which must exist)."""
+    if _is_uuid(who):
+        return uuid.UUID(who)
+    if not settings.database_url:
+        raise ValueError(f"--user {who!r}: looking users up by email needs DATABASE_URL or the embedded database; "
+                         "pass the user id instead")
+    from ai_jobs.devtools import find_user
+
+    user_id = find_user(settings.database_url, who)
+    if user_id is None:
+        raise ValueError(f"--user {who!r}: no user has this email")
+    return user_id
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
@@ -393,15 +495,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default="{}", help="JSON object")
     p.add_argument("--user", default="dev@localhost", help="owner: email or user id (dev users are created)")
     p.add_argument("--priority", type=int, default=0)
-    p.add_argument("--watch", action="store_true", help="show a progress bar until the job ends")
+    p.add_argument("--watch", action="store_true", help="show progress until the job ends")
     p.set_defaults(func=cmd_enqueue)
 
-    p = sub.add_parser("watch", help="progress bar for one job until it ends")
+    p = sub.add_parser("watch", help="progress of one job until it ends (plain lines when piped)")
     p.add_argument("job_id")
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("list", help="recent jobs, newest first")
-    p.add_argument("--user", default=None, help="only this owner's jobs (user id)")
+    p.add_argument("--user", default=None, help="only this owner's jobs (email or user id)")
     p.add_argument("--status", choices=("pending", "running", "completed", "failed", "cancelled"))
     p.add_argument("--type", default=None)
     p.add_argument("--limit", type=int, default=20)
@@ -416,8 +518,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _working_directory_importable() -> None:
+    """AI_JOBS_JOB_MODULES name modules of the app `ai-jobs` is run from. The
+    console script puts only its own folder on sys.path, so put the working
+    directory first (as `python -m` does) for every command alike: dev, serve,
+    worker, sweep and enqueue then all find the same job types."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _working_directory_importable()
     settings = Settings.from_env()
     try:
         return int(args.func(args, settings))
