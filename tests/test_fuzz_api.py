@@ -46,7 +46,7 @@ def api_schema(fuzz_server: ApiServer):  # type: ignore[no-untyped-def]
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE], ids=["valid", "invalid"])
 def test_no_server_errors(api_schema, fuzz_user, mode) -> None:  # type: ignore[no-untyped-def]
     operations = [result.ok() for result in api_schema.get_all_operations()]
-    assert len(operations) == 10  # every documented operation
+    assert len(operations) == 10  # every documented operation but /api/openapi.json (schemathesis skips its own source)
     exercised = 0
     for operation in operations:
         internal = operation.path.startswith("/api/internal/")

@@ -4,6 +4,7 @@ depth and type limits, query strings through pydantic, problem+json errors."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any, TypeVar
 from uuid import UUID
@@ -22,8 +23,10 @@ def services() -> Services:
 
 
 def json_response(body: BaseModel | Mapping[str, Any] | None, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    if body is None:
-        return Response(status=status, headers=dict(headers or {}))
+    if body is None:  # 204: no body, so no Content-Type either
+        response = Response(status=status, headers=dict(headers or {}))
+        del response.headers["Content-Type"]
+        return response
     text = body.model_dump_json() if isinstance(body, BaseModel) else json.dumps(body)
     return Response(text, status=status, mimetype="application/json", headers=dict(headers or {}))
 
@@ -34,13 +37,20 @@ def problem_response(problem: Problem) -> Response:
 
 def json_problem(value: Any, max_depth: int) -> str | None:
     """What PostgreSQL's jsonb or our limits would refuse in a JSON value: nesting
-    deeper than `max_depth`, or a NUL character in a key or string. Iterative."""
+    deeper than `max_depth`, a NUL character or a lone UTF-16 surrogate in a key or
+    string, or a number too large for a double (1e400). Iterative."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, str):
             if "\x00" in item:
                 return "JSON strings must not contain the NUL character (\\u0000)"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "JSON strings must be valid Unicode (a \\u escape left a lone surrogate)"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "JSON numbers must fit in a double (this one overflows to infinity)"
         elif isinstance(item, (dict, list)):
             if depth > max_depth:
                 return f"JSON nested deeper than {max_depth} levels"
@@ -50,6 +60,11 @@ def json_problem(value: Any, max_depth: int) -> str | None:
             else:
                 stack.extend((child, depth + 1) for child in item)
     return None
+
+
+def _not_json(constant: str) -> Any:
+    """Python's parser accepts NaN and Infinity; JSON (RFC 8259) does not."""
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def read_json(request: Request, model: type[M], *, max_bytes: int, max_depth: int, allow_empty: bool = False) -> M:
@@ -68,7 +83,7 @@ def read_json(request: Request, model: type[M], *, max_bytes: int, max_depth: in
     if mimetype and mimetype != "application/json" and not mimetype.endswith("+json"):
         raise Problem(415, "unsupported_media_type", f"send Content-Type: application/json (got {mimetype})")
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_not_json)
     except UnicodeDecodeError:
         raise Problem(400, "invalid_json", "request body is not UTF-8 JSON") from None
     except RecursionError:

@@ -1,4 +1,9 @@
-"""OpenAPI 3.1 document generated from the pydantic models the API uses."""
+"""OpenAPI 3.1 document generated from the pydantic models the API uses.
+
+Every status an operation can answer is listed, and nothing else
+(tests/test_api_contract.py drives the app through each one). Problem
+responses pin `status`, `code` and `type` to the values the server sends, so
+a client can branch on `code` from the document alone."""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from ai_jobs import __version__
+from ai_jobs.http.problems import ACTIVE_LIMIT_RETRY_AFTER_SECONDS, PROBLEM_JSON, PROBLEM_TYPE_PREFIX
 from ai_jobs.http.schemas import (
     CreateJobRequest,
     Health,
@@ -17,7 +23,7 @@ from ai_jobs.http.schemas import (
     WorkRequest,
     WorkResult,
 )
-from ai_jobs.models import Job
+from ai_jobs.models import JOB_TYPE_PATTERN, Job, JobStatus
 from ai_jobs.sweep import SweepReport
 
 REF = "#/components/schemas/{model}"
@@ -28,93 +34,212 @@ def _ref(model: type) -> dict[str, str]:
     return {"$ref": REF.format(model=model.__name__)}
 
 
-def _json(model: type, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+def _header(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"description": description, "required": True, "schema": schema or {"type": "string"}}
 
 
-def _problem(description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/problem+json": {"schema": _ref(ProblemBody)}}}
+LOCATION = {"Location": _header("the job's URL, /api/jobs/{id}")}
+RETRY_AFTER = {"Retry-After": _header("seconds to wait before trying again", {"type": "string", "pattern": "^[0-9]+$"})}
+WWW_AUTHENTICATE = {"WWW-Authenticate": _header('Bearer realm="ai-jobs"')}
 
 
-JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+def _json(model: type, description: str, headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+def _problem(status: int, description: str, codes: list[str], headers: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A problem+json response whose `code` (and `type`, `urn:ai-jobs:problem:<code>`)
+    is one of `codes`, listed in the description too for readers of the rendered document."""
+    schema = {
+        "allOf": [
+            _ref(ProblemBody),
+            {
+                "properties": {
+                    "status": {"const": status},
+                    "code": {"enum": codes},
+                    "type": {"enum": [PROBLEM_TYPE_PREFIX + code for code in codes]},
+                }
+            },
+        ]
+    }
+    response: dict[str, Any] = {
+        "description": f"{description} (code: {', '.join(codes)})",
+        "content": {PROBLEM_JSON: {"schema": schema}},
+    }
+    if headers:
+        response["headers"] = headers
+    return response
+
+
+JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"},
+          "description": "anything that is not a UUID answers 400 invalid_job_id"}
 USER = [{"bearerAuth": []}]
-COMMON = {"401": _problem("missing or invalid access token"), "503": _problem("job store unavailable")}
+
+# The problems user endpoints share.
+UNAUTHORIZED = _problem(401, "missing, malformed, expired or wrong access token", ["unauthorized"], WWW_AUTHENTICATE)
+UNAVAILABLE = _problem(
+    503, "the job store (Retry-After: 5) or the project's token signing keys could not be reached; try again shortly",
+    ["store_unavailable", "auth_keys_unavailable"],
+    {"Retry-After": {**RETRY_AFTER["Retry-After"], "required": False, "description": "sent with store_unavailable"}},
+)
+STORE_UNAVAILABLE = _problem(503, "the job store could not be reached; try again shortly", ["store_unavailable"],
+                             RETRY_AFTER)
+BAD_JOB_ID = _problem(400, "the job id in the path is not a UUID", ["invalid_job_id"])
+NOT_FOUND = _problem(404, "no such job, or it belongs to another user (never says which)", ["job_not_found"])
+ACTIVE_LIMIT = _problem(
+    429, f"too many pending or running jobs for this user; Retry-After is {ACTIVE_LIMIT_RETRY_AFTER_SECONDS} s",
+    ["active_job_limit"], RETRY_AFTER,
+)
+MALFORMED_JSON = ["invalid_json"]
+TOO_LARGE = _problem(413, "request body over the size limit", ["body_too_large"])
+NOT_JSON = _problem(415, "a body sent with a Content-Type other than application/json (or +json)",
+                    ["unsupported_media_type"])
+
+
+def _user_job_operation(summary: str, own: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """GET/DELETE/POST on one job: `own` responses plus the ones every such operation has."""
+    responses = {**own, "400": BAD_JOB_ID, "401": UNAUTHORIZED, "404": NOT_FOUND, "503": UNAVAILABLE}
+    return {"summary": summary, "security": USER, "parameters": [JOB_ID], "responses": dict(sorted(responses.items()))}
 
 
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
     _, defs = models_json_schema([(m, "validation") for m in MODELS], ref_template=REF)
-    job_responses = {"200": _json(Job, "the job"), "404": _problem("no such job for this user"), **COMMON}
     paths: dict[str, Any] = {
         "/api/jobs": {
             "post": {
                 "summary": "Create a job",
+                "description": "Validates the input against the job type, enqueues it under the per-user cap "
+                               "and hands it to a worker. A repeat with the same idempotency key returns the "
+                               "earlier job with 200. The bearer token is checked before the body is read.",
                 "security": USER,
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
+                                "description": "1 to 255 characters after trimming; must equal the body's "
+                                               "idempotency_key when both are given",
                                 "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(CreateJobRequest)}}},
                 "responses": {
-                    "202": _json(Job, "created and handed to a worker"),
-                    "200": _json(Job, "an earlier job with the same idempotency key"),
-                    "400": _problem("malformed body"),
-                    "413": _problem("body too large"),
-                    "415": _problem("not JSON"),
-                    "422": _problem("unknown type, invalid input (field errors) or reused idempotency key"),
-                    "429": _problem("too many active jobs; see Retry-After"),
-                    **COMMON,
+                    "200": _json(Job, "an earlier job with the same idempotency key (nothing new is created)", LOCATION),
+                    "202": _json(Job, "created (pending) and handed to a worker", LOCATION),
+                    "400": _problem(400, "malformed JSON, an empty body, or a bad Idempotency-Key header",
+                                    [*MALFORMED_JSON, "empty_body", "invalid_idempotency_key"]),
+                    "401": UNAUTHORIZED,
+                    "413": TOO_LARGE,
+                    "415": NOT_JSON,
+                    "422": _problem(
+                        422, "the body is not a valid request (field errors in `errors`), the type is unknown, "
+                             "the input fails the type's schema, or the idempotency key was used for a different job",
+                        ["invalid_body", "invalid_json_value", "too_deep", "unknown_job_type", "invalid_input",
+                         "idempotency_conflict", "idempotency_key_mismatch", "invalid_argument"],
+                    ),
+                    "429": ACTIVE_LIMIT,
+                    "503": UNAVAILABLE,
                 },
             },
             "get": {
                 "summary": "List the caller's jobs, newest first",
+                "description": "Keyset-paginated. `next_cursor` is set whenever the page is full (`limit` jobs), "
+                               "so the page after a full last page is empty; it is null on a shorter page.",
                 "security": USER,
                 "parameters": [
-                    {"name": "status", "in": "query", "schema": {"type": "string",
-                     "enum": ["pending", "running", "completed", "failed", "cancelled"]}},
-                    {"name": "type", "in": "query", "schema": {"type": "string", "maxLength": 100}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
-                    {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 500}},
+                    {"name": "status", "in": "query", "schema": {"type": "string", "enum": [s.value for s in JobStatus]}},
+                    {"name": "type", "in": "query",
+                     "schema": {"type": "string", "pattern": JOB_TYPE_PATTERN, "maxLength": 100}},
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+                    {"name": "cursor", "in": "query", "description": "next_cursor of the previous page, as given",
+                     "schema": {"type": "string", "maxLength": 500}},
                 ],
-                "responses": {"200": _json(JobList, "a page of jobs"), "400": _problem("bad query"), **COMMON},
+                "responses": {
+                    "200": _json(JobList, "a page of jobs"),
+                    "400": _problem(400, "a bad, unknown or repeated query parameter (field errors in `errors`)",
+                                    ["invalid_query"]),
+                    "401": UNAUTHORIZED,
+                    "503": UNAVAILABLE,
+                },
             },
         },
         "/api/jobs/{job_id}": {
-            "get": {"summary": "Get a job", "security": USER, "parameters": [JOB_ID],
-                    "responses": {**job_responses, "400": _problem("job id is not a UUID")}},
-            "delete": {"summary": "Delete a finished job", "security": USER, "parameters": [JOB_ID],
-                       "responses": {"204": {"description": "deleted"}, "404": _problem("no such job"),
-                                     "409": _problem("job is still pending or running"),
-                                     "400": _problem("job id is not a UUID"), **COMMON}},
+            "get": _user_job_operation("Get a job", {"200": _json(Job, "the job")}),
+            "delete": _user_job_operation(
+                "Delete a finished job",
+                {"204": {"description": "deleted; no body"},
+                 "409": _problem(409, "the job is still pending or running; cancel it first", ["invalid_state"])},
+            ),
         },
         "/api/jobs/{job_id}/cancel": {
-            "post": {"summary": "Cancel a pending or running job", "security": USER, "parameters": [JOB_ID],
-                     "responses": {**job_responses, "409": _problem("already finished"),
-                                   "400": _problem("job id is not a UUID")}},
+            "post": _user_job_operation(
+                "Cancel a pending or running job",
+                {"200": _json(Job, "pending: now cancelled; running: cancel_requested_at set, still running until "
+                                   "its next step; already cancelled or already requested: the job, unchanged"),
+                 "409": _problem(409, "the job is completed or failed", ["invalid_state"])},
+            ),
         },
         "/api/jobs/{job_id}/retry": {
-            "post": {"summary": "Retry a failed or cancelled job (finished steps are kept)", "security": USER,
-                     "parameters": [JOB_ID],
-                     "responses": {**job_responses, "409": _problem("not failed or cancelled"),
-                                   "429": _problem("too many active jobs"), "400": _problem("job id is not a UUID")}},
+            "post": _user_job_operation(
+                "Retry a failed or cancelled job (finished steps are kept)",
+                {"202": _json(Job, "pending again with fresh attempts, and handed to a worker"),
+                 "409": _problem(409, "the job is not failed or cancelled", ["invalid_state"]), "429": ACTIVE_LIMIT},
+            ),
         },
-        "/api/job-types": {"get": {"summary": "Registered job types with their input schemas",
-                                   "responses": {"200": _json(JobTypeList, "job types")}}},
-        "/api/health": {"get": {"summary": "Liveness and database reachability",
-                                "responses": {"200": _json(Health, "healthy"), "503": _json(Health, "degraded")}}},
+        "/api/job-types": {
+            "get": {"summary": "Registered job types with their input and output schemas",
+                    "responses": {"200": _json(JobTypeList, "job types", {
+                        "Cache-Control": _header("public, max-age=60")})}},
+        },
+        "/api/health": {
+            "get": {"summary": "Liveness and database reachability",
+                    "responses": {"200": _json(Health, "healthy"),
+                                  "503": _json(Health, "degraded (status 'degraded'; see the body)")}},
+        },
+        "/api/openapi.json": {
+            "get": {"summary": "This document",
+                    "responses": {"200": {"description": "the OpenAPI 3.1 document",
+                                          "content": {"application/json": {"schema": {"type": "object"}}}}}},
+        },
         "/api/internal/work": {
-            "post": {"summary": "Worker invocation (WORKER_SECRET)", "security": [{"workerSecret": []}],
-                     "requestBody": {"required": False, "content": {"application/json": {"schema": _ref(WorkRequest)}}},
-                     "responses": {"200": _json(WorkResult, "what ran"), "401": _problem("wrong secret"),
-                                   "400": _problem("malformed body"), "422": _problem("invalid body")}},
+            "post": {
+                "summary": "Worker invocation (WORKER_SECRET)",
+                "description": "Runs the given job first (if due), then drains due jobs while the budget lasts. "
+                               "An empty body is allowed. The secret is checked before the body is read.",
+                "security": [{"workerSecret": []}],
+                "requestBody": {"required": False, "content": {"application/json": {"schema": _ref(WorkRequest)}}},
+                "responses": {
+                    "200": _json(WorkResult, "what ran"),
+                    "400": _problem(400, "malformed JSON", MALFORMED_JSON),
+                    "401": _problem(401, "wrong or missing WORKER_SECRET, or none configured", ["unauthorized"],
+                                    WWW_AUTHENTICATE),
+                    "413": _problem(413, "body over 4096 bytes", ["body_too_large"]),
+                    "415": NOT_JSON,
+                    "422": _problem(422, "the body is not a valid work request",
+                                    ["invalid_body", "invalid_json_value", "too_deep"]),
+                    "503": STORE_UNAVAILABLE,
+                },
+            },
         },
         "/api/internal/sweep": {
-            "get": {"summary": "Cron sweep (CRON_SECRET)", "security": [{"cronSecret": []}],
-                    "responses": {"200": _json(SweepReport, "what the sweep did"), "401": _problem("wrong secret")}},
+            "get": {
+                "summary": "Cron sweep (CRON_SECRET)",
+                "security": [{"cronSecret": []}],
+                "responses": {
+                    "200": _json(SweepReport, "what the sweep did"),
+                    "401": _problem(401, "wrong or missing CRON_SECRET, or none configured", ["unauthorized"],
+                                    WWW_AUTHENTICATE),
+                    "503": STORE_UNAVAILABLE,
+                },
+            },
         },
     }
     return {
         "openapi": "3.1.0",
         "info": {"title": "ai-jobs", "version": __version__,
-                 "description": "Durable background jobs for Claude calls on Supabase + Vercel."},
+                 "description": "Durable background jobs for Claude calls on Supabase + Vercel. Every error is "
+                                "application/problem+json (RFC 9457) with type urn:ai-jobs:problem:<code>. "
+                                "An unknown path answers 404 not_found and a known path with another method "
+                                "405 method_not_allowed, both problem+json."},
         "paths": paths,
         "components": {
             "schemas": defs["$defs"],

@@ -19,6 +19,8 @@ from ai_jobs.errors import (
 from ai_jobs.registry import InputValidationError, UnknownJobTypeError
 
 PROBLEM_JSON = "application/problem+json"
+# `type` of every problem: this prefix + its `code` (a URN: nothing to dereference).
+PROBLEM_TYPE_PREFIX = "urn:ai-jobs:problem:"
 
 
 class Problem(Exception):
@@ -44,7 +46,7 @@ class Problem(Exception):
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "type": f"urn:ai-jobs:problem:{self.code}",
+            "type": PROBLEM_TYPE_PREFIX + self.code,
             "title": self.title,
             "status": self.status,
             "detail": self.detail,
