@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from ai_jobs.errors import AiJobsError
 from ai_jobs.http import handlers
+from ai_jobs.http.cors import install_cors
 from ai_jobs.http.flask_io import problem_response
 from ai_jobs.http.problems import Problem, problem_from_error
 from ai_jobs.http.services import Services
@@ -49,7 +50,9 @@ def _view(handler: Handler) -> Callable[..., Response]:
 def create_app(services: Services | None = None, *, serve_public: bool = False) -> Flask:
     """One app per process; `services` defaults to Settings from the environment."""
     app = Flask(__name__, static_folder=None)
-    app.extensions["ai_jobs"] = services or Services()
+    services = services or Services()
+    app.extensions["ai_jobs"] = services
+    install_cors(app, services.settings.cors_origins)
     for method, path, handler in ROUTES:
         app.add_url_rule(path, endpoint=f"{method} {path}", view_func=_view(handler), methods=[method])
 
