@@ -1,11 +1,26 @@
 """The Vercel entrypoint (pyproject.toml's [tool.vercel] entrypoint): the
 package's Flask app, `ai_jobs.http.app.create_app()`. The routes and handlers
-live in the package so `ai-jobs serve` from a wheel runs the same app."""
+live in the package so `ai-jobs serve` from a wheel runs the same app.
+
+`api` is the same app as a functions-framework target:
+`functions-framework --target api --source functions/app.py`.
+"""
 
 from __future__ import annotations
 
-from functions import _bootstrap  # noqa: F401 - puts shared/src on sys.path when not installed
+try:
+    from functions import _bootstrap  # noqa: F401 - puts shared/src on sys.path when not installed
+except ModuleNotFoundError:  # functions-framework loads this file by path, with functions/ on sys.path
+    import _bootstrap  # type: ignore[no-redef]  # noqa: F401
+
+from flask import Request, Response
 
 from ai_jobs.http.app import create_app
 
 app = create_app()
+
+
+def api(request: Request) -> Response:
+    """functions-framework target: hand the request's WSGI environ to `app` as is
+    (path, headers and body untouched), so routing and errors are the same."""
+    return Response.from_app(app.wsgi_app, request.environ)
