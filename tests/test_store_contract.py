@@ -415,3 +415,21 @@ def test_complete_many_completes_only_what_the_worker_holds(store: JobStore, mak
     assert store.get(theirs.id).status is JobStatus.RUNNING  # not w1's to complete
     with pytest.raises(InvalidArgumentError):
         store.call(COMPLETE_MANY, {"p_worker": "w1", "p_results": Json({"id": "not an array"})})
+
+
+def test_wakeup_status(store: JobStore, db) -> None:
+    """Plain PostgreSQL has no pg_cron: no wake-up and nothing wrong. The same database
+    seen as Supabase (it has supabase_admin) without pg_cron reports the problem."""
+    status = store.wakeup_status()
+    assert (status.mode, status.schedule, status.last_run, status.problem) == ("none", None, None, None)
+    created = not db.execute("select 1 from pg_roles where rolname = 'supabase_admin'").fetchone()
+    if created:
+        db.execute("create role supabase_admin nologin")
+    try:
+        status = store.wakeup_status()
+    finally:
+        if created:
+            db.execute("drop role supabase_admin")
+    assert status.mode == "none" and status.last_run is None
+    assert status.problem and "pg_cron is not installed" in status.problem
+    assert "select public.ai_jobs_schedule_wake_v1();" in status.problem

@@ -7,7 +7,7 @@ import binascii
 import json
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -144,3 +144,23 @@ class TypeStats(BaseModel):
     failure_rate: float | None = None
     p50_run_seconds: float | None = None
     p95_run_seconds: float | None = None
+
+
+class WakeupRun(BaseModel):
+    """One finished run of the database's wake-up job, as pg_cron recorded it."""
+
+    status: str = Field(description="succeeded or failed")
+    message: str | None = Field(default=None, description="pg_cron's return message (the error, when failed)")
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+
+class WakeupStatus(BaseModel):
+    """Who starts delayed and retried jobs on time (ai_jobs_wakeup_status_v1)."""
+
+    mode: Literal["pg_cron", "none"] = Field(
+        description="pg_cron: Supabase Cron wakes the app while work is due; none: no database wake-up"
+    )
+    schedule: str | None = Field(default=None, description="the pg_cron schedule, e.g. '5 seconds' or '* * * * *'")
+    last_run: WakeupRun | None = Field(default=None, description="the last finished run, if pg_cron recorded one")
+    problem: str | None = Field(default=None, description="why wake-ups are not working, and what to run to fix it")

@@ -92,15 +92,49 @@ def job_types(svc: Services) -> JobTypeList:
     )
 
 
+# Known causes, matched in lower-cased error text; anything else is named by its type
+# only, so no host, user or connection string can reach the response.
+_UNAVAILABLE_REASONS = (
+    (("ai_jobs_wakeup_status_v1",), "the ai-jobs migrations are not applied (run ai-jobs migrate or supabase db push)"),
+    (("refused",), "connection refused"),
+    (("timed out", "timeout", "couldn't get a connection"), "timed out"),
+    (("password authentication", "authentication failed", "invalid api key", "jwt", "jws", "pgrst30"),
+     "authentication failed"),
+    (("permission denied", "42501"), "permission denied (use the service role key or a database owner)"),
+    (("could not translate host name", "name or service not known", "nodename nor servname", "name resolution",
+      "getaddrinfo"), "host not found"),
+    (("ssl",), "TLS/SSL error"),
+    (("too many connections", "too many clients", "remaining connection slots"), "too many connections"),
+    (("does not exist",), "database or role does not exist"),
+)
+
+
+def _unavailable_reason(exc: Exception) -> str:
+    text = str(exc).lower()
+    for needles, reason in _UNAVAILABLE_REASONS:
+        if any(needle in text for needle in needles):
+            return reason
+    return type(exc).__name__
+
+
 def health(svc: Services) -> tuple[Health, int]:
+    """One database round trip: the wake-up status proves the database answers and
+    says whether delayed jobs will start on time. 503 when either is not ok."""
     kind = svc.settings.resolved_store()
+    wakeups = None
+    detail = None
     try:
-        svc.store.queue_depth()
+        wakeups = svc.store.wakeup_status()
         database = "ok"
-    except Exception:  # noqa: BLE001 - health reports, it does not raise
+    except Exception as exc:  # noqa: BLE001 - health reports, it does not raise
         database = "unavailable"
-    ok = database == "ok"
-    return Health(status="ok" if ok else "degraded", version=__version__, store=kind, database=database), 200 if ok else 503
+        detail = f"database unavailable: {_unavailable_reason(exc)}"
+    if wakeups is not None and wakeups.problem:
+        detail = f"wake-ups: {wakeups.problem}"
+    ok = detail is None
+    body = Health(status="ok" if ok else "degraded", version=__version__, store=kind, database=database,
+                  wakeups=wakeups, detail=detail)
+    return body, 200 if ok else 503
 
 
 def work(svc: Services, body: WorkRequest) -> WorkResult:

@@ -9,7 +9,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 from ai_jobs.errors import InvalidArgumentError
 
-from ai_jobs.models import JOB_TYPE_PATTERN, Job, JobCursor, JobStatus
+from ai_jobs.models import JOB_TYPE_PATTERN, Job, JobCursor, JobStatus, WakeupStatus
 
 
 class CreateJobRequest(BaseModel):
@@ -80,10 +80,14 @@ class WorkResult(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="ok, or degraded (HTTP 503) when the database or the wake-up has a problem")
     version: str
     store: str
-    database: str
+    database: str = Field(description="ok or unavailable")
+    wakeups: WakeupStatus | None = Field(
+        default=None, description="how delayed and retried jobs get started on time; null when the database is unavailable"
+    )
+    detail: str | None = Field(default=None, description="a short reason when status is degraded")
 
 
 class ProblemBody(BaseModel):

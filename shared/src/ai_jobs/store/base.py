@@ -25,6 +25,7 @@ from ai_jobs.models import (
     NewJob,
     QueueDepth,
     TypeStats,
+    WakeupStatus,
 )
 
 
@@ -63,6 +64,7 @@ PURGE = SqlFunction("ai_jobs_purge_v1", returns_set=False)
 STALE_PENDING = SqlFunction("ai_jobs_stale_pending_v1")
 QUEUE_DEPTH = SqlFunction("ai_jobs_queue_depth_v1")
 STATS_24H = SqlFunction("ai_jobs_stats_24h_v1")
+WAKEUP_STATUS = SqlFunction("ai_jobs_wakeup_status_v1", returns_set=False)
 
 
 class JobStore(ABC):
@@ -348,3 +350,8 @@ class JobStore(ABC):
 
     def stats_24h(self) -> list[TypeStats]:
         return [TypeStats.model_validate(row) for row in self.call(STATS_24H, {})]
+
+    def wakeup_status(self) -> WakeupStatus:
+        """How delayed and retried jobs get started on time (Supabase Cron or nothing),
+        and what is wrong with it. One call; health uses it as its database check."""
+        return WakeupStatus.model_validate(self.call(WAKEUP_STATUS, {}))
