@@ -13,9 +13,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JS_DIR := tests/browser/js
 JS_STAMP := $(JS_DIR)/node_modules/.installed
+VERCEL_DIR := tests/vercel
+VERCEL_STAMP := $(VERCEL_DIR)/node_modules/.installed
+# The uv that Vercel's Python builder (in the pinned CLI) installs for itself.
+UV_VERSION := 0.10.11
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: dev test install chromium pgcron migrate bench clean
+.PHONY: dev test install chromium pgcron migrate bench vercel-build clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +30,12 @@ $(STAMP): pyproject.toml
 $(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
 	cd $(JS_DIR) && npm ci --no-audit --no-fund --silent
 	touch $(JS_STAMP)
+
+# `npm install` installs the lock's versions; `npm ci` refuses this lock because
+# the CLI names native helpers for other platforms that the registry lacks.
+$(VERCEL_STAMP): $(VERCEL_DIR)/package.json $(VERCEL_DIR)/package-lock.json
+	cd $(VERCEL_DIR) && npm install --no-audit --no-fund --silent
+	touch $(VERCEL_STAMP)
 
 # Browser tests use Debian's Chromium (Playwright cannot download browsers here).
 # CI installs it; elsewhere set AI_JOBS_INSTALL_CHROMIUM=1 or install it yourself.
@@ -58,6 +68,13 @@ dev: $(STAMP)
 test: $(STAMP) $(JS_STAMP) chromium pgcron
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Optional check before deploying, not part of `make test`: build offline what
+# `vercel deploy` would upload, as Vercel builds it, and check the bundle
+# (tests/vercel/build_check.py; output in .vercel/deploy-check/).
+vercel-build: $(STAMP) $(VERCEL_STAMP)
+	@$(BIN)/uv --version 2>/dev/null | grep -qE '^uv $(UV_VERSION)( |$$)' || $(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
+	$(BIN)/python $(VERCEL_DIR)/build_check.py
+
 migrate: $(STAMP)
 	$(BIN)/ai-jobs migrate
 
@@ -71,4 +88,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/load_test.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts $(JS_DIR)/node_modules
+	rm -rf $(VENV) .pytest_cache test-artifacts $(JS_DIR)/node_modules $(VERCEL_DIR)/node_modules .vercel/deploy-check
