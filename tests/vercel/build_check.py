@@ -91,9 +91,8 @@ def stage(project: Path, files: list[str]) -> Path:
     return dest
 
 
-def tool_path(python: str, uv: str) -> str:
-    """A bin folder where python3, python3.12 and uv are the ones we chose."""
-    shims = Path(tempfile.mkdtemp(prefix="ai-jobs-vercel-bin-"))
+def tool_path(shims: Path, python: str, uv: str) -> str:
+    """PATH with a first folder where python3, python3.12 and uv are ours."""
     for name in ("python", "python3", "python3.12"):
         (shims / name).symlink_to(python)
     (shims / "uv").symlink_to(uv)
@@ -204,7 +203,8 @@ def main() -> int:
           f"paths (e.g. {', '.join(p for p in upload['ignored'] if forbidden(p))[:200]})")
 
     stage_dir = stage(project, upload["files"])
-    took, _ = run_build(stage_dir, vercel, tool_path(python, args.uv))
+    with tempfile.TemporaryDirectory(prefix="ai-jobs-vercel-bin-") as shims:
+        took, _ = run_build(stage_dir, vercel, tool_path(Path(shims), python, args.uv))
     output = stage_dir / ".vercel" / "output"
     print(f"vercel build: {took:.1f} s -> {output.relative_to(project)}")
 
