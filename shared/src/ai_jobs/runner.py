@@ -32,6 +32,9 @@ from ai_jobs.store.base import JobStore
 log = logging.getLogger(__name__)
 
 COMPLETE_DELAY = 0.1  # seconds a finished job may wait for its batch's completion write
+WAIT_POLL_SECONDS = 1.0  # an idle runner waiting for due work re-checks at least this often
+WAIT_MIN_SECONDS = 0.05
+RUNNER_MIN_REMAINING_SECONDS = 5.0  # no job starts with less budget than this left
 
 OutcomeKind = Literal["completed", "failed", "retrying", "cancelled", "continued", "lost"]
 
@@ -71,14 +74,18 @@ class Runner:
         budget_seconds: float | None = None,
         job_id: UUID | None = None,
         max_jobs: int | None = None,
-        min_remaining_seconds: float = 5.0,
+        min_remaining_seconds: float = RUNNER_MIN_REMAINING_SECONDS,
         batch: int = 1,
+        wait_for_due: bool = True,
     ) -> list[Outcome]:
         """Claim and run due jobs until none is left, `max_jobs` ran, or fewer than
         `min_remaining_seconds` of the budget remain. `job_id` is tried first (the
         hand-off's job), then any other due job. `batch` > 1 claims several jobs per
         round trip; they are leased while they wait, and released unrun (no attempt
-        spent) if the budget ends first."""
+        spent) if the budget ends first. With a budget and `wait_for_due`, an idle
+        runner waits for a job due within the budget (a retry-after, a near-future
+        run_at) instead of returning: nothing else would start it before the next
+        wake-up."""
         deadline = None if budget_seconds is None else self.clock() + budget_seconds
         outcomes: list[Outcome] = []
         first = job_id
@@ -98,6 +105,8 @@ class Runner:
                 continue
             first = None
             if not claimed:
+                if wait_for_due and self._wait_for_due(deadline, min_remaining_seconds):
+                    continue
                 break
             contexts = [self._context(job, deadline) for job in claimed]
             for ctx in contexts:
@@ -128,6 +137,22 @@ class Runner:
             if outcomes and outcomes[-1].kind == "continued":
                 break  # the budget is spent: leave the rest to the next invocation
         return outcomes
+
+    def _wait_for_due(self, deadline: float | None, min_remaining_seconds: float) -> bool:
+        """Sleep until the next pending job is due, if that is within the budget.
+        Re-checks at least every WAIT_POLL_SECONDS, so work enqueued meanwhile (or a
+        job another worker took) is noticed. False: nothing due in time, or stopping."""
+        if deadline is None:
+            return False  # the long-lived worker loop polls on its own
+        usable = deadline - self.clock() - min_remaining_seconds
+        if usable <= 0:
+            return False
+        due_in = self.store.next_due_in(job_types=self.registry.types())
+        if due_in is None or due_in > usable:
+            return False
+        # due now but not claimable (locked by a concurrent claim): back off briefly
+        pause = min(max(due_in, WAIT_MIN_SECONDS), WAIT_POLL_SECONDS, usable)
+        return not self.stopping.wait(pause)
 
     def _context(self, job: Job, deadline: float | None) -> JobContext:
         return JobContext(

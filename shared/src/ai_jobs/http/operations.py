@@ -21,6 +21,7 @@ from ai_jobs.http.schemas import (
 )
 from ai_jobs.http.services import Services
 from ai_jobs.models import EnqueueResult, Job
+from ai_jobs.runner import RUNNER_MIN_REMAINING_SECONDS
 from ai_jobs.service import submit_job
 from ai_jobs.sweep import SweepReport, sweep
 
@@ -47,9 +48,17 @@ def create_job(svc: Services, who: Principal, body: CreateJobRequest, idempotenc
         idempotency_key=key,
         metadata=body.metadata,
     )
-    if result.created and result.job.run_at <= result.job.created_at:
+    if result.created and _due_within_a_worker_budget(svc, result.job):
         svc.dispatcher.dispatch(result.job.id)
     return result
+
+
+def _due_within_a_worker_budget(svc: Services, job: Job) -> bool:
+    """A job due now, or soon enough that the invocation we start can wait for it
+    (the runner waits for work due within its budget); later ones are woken by
+    the database's cron or the sweep."""
+    delay = (job.run_at - job.created_at).total_seconds()
+    return delay <= svc.settings.worker_budget_seconds - RUNNER_MIN_REMAINING_SECONDS
 
 
 def get_job(svc: Services, who: Principal, job_id: UUID) -> Job:

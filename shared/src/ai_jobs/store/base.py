@@ -65,6 +65,7 @@ STALE_PENDING = SqlFunction("ai_jobs_stale_pending_v1")
 QUEUE_DEPTH = SqlFunction("ai_jobs_queue_depth_v1")
 STATS_24H = SqlFunction("ai_jobs_stats_24h_v1")
 WAKEUP_STATUS = SqlFunction("ai_jobs_wakeup_status_v1", returns_set=False)
+NEXT_DUE = SqlFunction("ai_jobs_next_due_v1", returns_set=False)
 
 
 class JobStore(ABC):
@@ -325,6 +326,12 @@ class JobStore(ABC):
     def stale_pending(self, *, older_than_seconds: int = 60, limit: int = 100) -> list[Job]:
         """Due jobs left pending longer than `older_than_seconds` (missed hand-offs)."""
         return self._jobs(STALE_PENDING, {"p_older_than_seconds": older_than_seconds, "p_limit": limit})
+
+    def next_due_in(self, *, job_types: Sequence[str] | None = None) -> float | None:
+        """Seconds until the earliest pending job of these types is due (<= 0: now),
+        by the database's clock; None when nothing is pending."""
+        value = self.call(NEXT_DUE, {"p_job_types": list(job_types) if job_types is not None else None})
+        return None if value is None else float(value)
 
     def purge(
         self,
