@@ -1,15 +1,19 @@
 """Hand-off: ask for a worker invocation (POST /api/internal/work) without
-letting a slow or failed request hold up the caller.
+waiting for the work itself.
 
 The request runs on a background thread; the caller waits until its body is
-written (httpcore's trace events), and never longer than `wait_seconds`. The worker invocation keeps running after
-we stop listening (Vercel does not cancel it on disconnect). Anything a
-hand-off misses, the sweeper and every worker's own draining pick up.
+fully written to the connection (httpcore's trace events), bounded by
+`wait_seconds` (AI_JOBS_HANDOFF_WAIT_SECONDS, default 5 s). Returning earlier
+would risk Vercel freezing the function before a cold TLS connection sends the
+request. The worker invocation keeps running after we stop listening (Vercel
+does not cancel it on disconnect). Anything a hand-off misses, the database
+cron wake-up, the sweeper and every worker's own draining pick up.
 """
 
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from uuid import UUID
@@ -26,9 +30,10 @@ class Dispatcher:
         worker_secret: str | None,
         *,
         bypass_secret: str | None = None,
-        wait_seconds: float = 0.05,
-        connect_timeout: float = 2.0,
+        wait_seconds: float = 5.0,
+        connect_timeout: float = 5.0,
         response_timeout: float = 0.5,
+        verify: ssl.SSLContext | str | bool = True,
     ) -> None:
         self.url = f"{worker_url.rstrip('/')}/api/internal/work" if worker_url else None
         self.secret = worker_secret
@@ -40,12 +45,13 @@ class Dispatcher:
             headers["x-vercel-protection-bypass"] = bypass_secret
         # A read timeout right after sending: we only need the request delivered.
         self._client = httpx.Client(
-            headers=headers, timeout=httpx.Timeout(response_timeout, connect=connect_timeout)
+            headers=headers, timeout=httpx.Timeout(response_timeout, connect=connect_timeout), verify=verify
         )
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ai-jobs-handoff")
         self._lock = threading.Lock()
         self.sent = 0
         self.failed = 0
+        self.unconfirmed = 0  # creates that returned before their request was written
 
     @property
     def enabled(self) -> bool:
@@ -59,8 +65,11 @@ class Dispatcher:
             return None
         delivered = threading.Event()
         self._pool.submit(self._send, job_id, delivered)
-        if wait and self.wait_seconds > 0:
-            delivered.wait(self.wait_seconds)
+        if wait and self.wait_seconds > 0 and not delivered.wait(self.wait_seconds):
+            with self._lock:
+                self.unconfirmed += 1
+            log.warning("hand-off not written within %.1f s; the database wake-up or sweep will start the job",
+                        self.wait_seconds)
         return delivered
 
     def _send(self, job_id: UUID | None, delivered: threading.Event) -> bool:

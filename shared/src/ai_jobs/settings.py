@@ -29,6 +29,8 @@ class Settings(BaseModel):
     max_active_per_user: int = Field(default=20, ge=1)
     lease_seconds: int = Field(default=30, ge=1, le=3600)
     pool_max_size: int = Field(default=10, ge=1, le=100)
+    # Connect / wait-for-connection / REST timeout: a down database answers 503 fast.
+    db_timeout_seconds: float = Field(default=2.5, gt=0, le=60)
 
     # Auth: Supabase access tokens (asymmetric keys via JWKS, or the legacy HS256 secret).
     jwt_secret: str | None = None
@@ -40,7 +42,8 @@ class Settings(BaseModel):
     # Hand-off: where /api/internal/work lives, and how long a create may wait for it.
     worker_url: str | None = None
     protection_bypass_secret: str | None = None
-    handoff_wait_seconds: float = Field(default=0.05, ge=0, le=5)
+    # A create returns only once its hand-off request is fully written (bounded by this).
+    handoff_wait_seconds: float = Field(default=5.0, ge=0, le=30)
     # Worker invocations: seconds of work per invocation (keep below maxDuration).
     worker_budget_seconds: float = Field(default=270, gt=0)
     # Requests.
@@ -116,6 +119,7 @@ class Settings(BaseModel):
             "max_active_per_user": "AI_JOBS_MAX_ACTIVE_PER_USER",
             "lease_seconds": "AI_JOBS_LEASE_SECONDS",
             "pool_max_size": "AI_JOBS_POOL_MAX_SIZE",
+            "db_timeout_seconds": "AI_JOBS_DB_TIMEOUT_SECONDS",
         }
         for field, name in optional.items():
             if env.get(name):

@@ -40,7 +40,11 @@ class Services:
         if not s.jwt_secret and not s.resolved_jwks_url():
             return None
         return TokenVerifier(
-            jwt_secret=s.jwt_secret, jwks_url=s.resolved_jwks_url(), audience=s.jwt_audience, issuer=s.jwt_issuer()
+            jwt_secret=s.jwt_secret,
+            jwks_url=s.resolved_jwks_url(),
+            audience=s.jwt_audience,
+            issuer=s.jwt_issuer(),
+            jwks_timeout_seconds=s.db_timeout_seconds,
         )
 
     @cached_property
@@ -51,6 +55,7 @@ class Services:
             s.worker_secret,
             bypass_secret=s.protection_bypass_secret,
             wait_seconds=s.handoff_wait_seconds,
+            connect_timeout=max(s.handoff_wait_seconds, 0.5),
         )
 
     def runner(self) -> Runner:
