@@ -50,11 +50,14 @@ class TokenVerifier:
         issuer: str | None = None,
         leeway_seconds: int = 30,
         jwks_cache_seconds: int = 600,
+        jwks_timeout_seconds: float = 2.5,
     ) -> None:
         if not jwt_secret and not jwks_url:
             raise ValueError("token verification needs SUPABASE_JWT_SECRET or a JWKS URL")
         self._secret = jwt_secret
-        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=jwks_cache_seconds, timeout=5) if jwks_url else None
+        self._jwks = jwt.PyJWKClient(
+            jwks_url, cache_keys=True, lifespan=jwks_cache_seconds, timeout=jwks_timeout_seconds
+        ) if jwks_url else None
         self.audience = audience
         self.issuer = issuer
         self.leeway = leeway_seconds
@@ -70,6 +73,9 @@ class TokenVerifier:
         elif alg in ASYMMETRIC_ALGORITHMS and self._jwks is not None:
             try:
                 key = self._jwks.get_signing_key_from_jwt(token).key
+            except jwt.PyJWKClientConnectionError as exc:
+                # the token may be fine: we cannot check it now (503, not 401)
+                raise Problem(503, "auth_keys_unavailable", f"could not fetch the project's signing keys: {exc}") from None
             except jwt.PyJWKClientError as exc:
                 raise unauthorized(f"no signing key for this token: {exc}") from None
         else:

@@ -39,7 +39,10 @@ def _statement(function: SqlFunction, names: tuple[str, ...]) -> str:
 class PostgresStore(JobStore):
     """The embedded default and the adapter for DATABASE_URL."""
 
-    def __init__(self, conninfo: str, *, min_size: int = 1, max_size: int = 10) -> None:
+    def __init__(self, conninfo: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 2.5) -> None:
+        """`timeout` bounds both a new connection (libpq connect_timeout, whole
+        seconds, at least 2) and the wait for a free pooled one, so a request
+        against a down database fails in seconds instead of the pool's default 30 s."""
         prepare_threshold = None if _uses_transaction_pooler(conninfo) else 5
         self._pool = ConnectionPool(
             conninfo,
@@ -49,7 +52,9 @@ class PostgresStore(JobStore):
                 "autocommit": True,
                 "row_factory": dict_row,
                 "prepare_threshold": prepare_threshold,
+                "connect_timeout": max(2, int(timeout)),
             },
+            timeout=timeout,
             name="ai-jobs",
             open=True,
         )

@@ -34,7 +34,10 @@ def _to_wire(value: Any) -> Any:
 class SupabaseStore(JobStore):
     """Calls the same SQL functions as PostgresStore, over HTTPS with the service key."""
 
-    def __init__(self, url: str, service_key: str, *, client: Client | None = None) -> None:
+    def __init__(self, url: str, service_key: str, *, client: Client | None = None, timeout: float = 2.5) -> None:
+        """`timeout` bounds each REST call (connect, write, read): the queue's
+        functions answer in milliseconds, so a slow answer means Supabase is
+        unreachable and the caller gets a 503 quickly."""
         if client is None:
             import httpx
             from supabase import ClientOptions, create_client
@@ -47,7 +50,7 @@ class SupabaseStore(JobStore):
                     persist_session=False,
                     # The queue retries; a blindly repeated claim would lease a second job.
                     postgrest_client_retry=False,
-                    httpx_client=httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0)),
+                    httpx_client=httpx.Client(timeout=httpx.Timeout(timeout)),
                 ),
             )
         self._client = client
