@@ -83,6 +83,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/create_latency.py
+	$(BIN)/python bench/handoff_tls.py
 	$(BIN)/python bench/import_time.py
 	$(BIN)/python bench/crash_test.py
 	$(BIN)/python bench/load_test.py

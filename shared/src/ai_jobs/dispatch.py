@@ -68,7 +68,7 @@ class Dispatcher:
         if wait and self.wait_seconds > 0 and not delivered.wait(self.wait_seconds):
             with self._lock:
                 self.unconfirmed += 1
-            log.warning("hand-off not written within %.1f s; the database wake-up or sweep will start the job",
+            log.warning("hand-off not written within %.2f s; the database wake-up or sweep will start the job",
                         self.wait_seconds)
         return delivered
 
