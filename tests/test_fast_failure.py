@@ -134,3 +134,24 @@ def test_unreachable_signing_keys_are_503_not_401(silent_port: int) -> None:
     response = client.get("/api/jobs", headers={"Authorization": f"Bearer {token}"})
     assert time.monotonic() - started <= LIMIT_SECONDS
     assert response.status_code == 503 and response.get_json()["code"] == "auth_keys_unavailable"
+
+
+def test_health_names_a_missing_database_configuration(tmp_path, monkeypatch) -> None:
+    """A deployment with no database settings falls back to the embedded store,
+    which a Vercel bundle does not have: health says what to set."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_pgserver(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "pgserver":
+            raise ImportError("No module named 'pgserver'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pgserver)  # the wheel installed without the embedded extra
+    client = create_app(Services(settings=Settings(data_dir=tmp_path))).test_client()
+    response = client.get("/api/health")
+    assert response.status_code == 503
+    assert response.get_json()["detail"] == (
+        "database unavailable: no database configured (set DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY)"
+    )

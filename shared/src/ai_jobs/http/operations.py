@@ -105,6 +105,7 @@ def job_types(svc: Services) -> JobTypeList:
 # only, so no host, user or connection string can reach the response.
 _UNAVAILABLE_REASONS = (
     (("ai_jobs_wakeup_status_v1",), "the ai-jobs migrations are not applied (run ai-jobs migrate or supabase db push)"),
+    (("pgserver",), "no database configured (set DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY)"),
     (("refused",), "connection refused"),
     (("timed out", "timeout", "couldn't get a connection"), "timed out"),
     (("password authentication", "authentication failed", "invalid api key", "jwt", "jws", "pgrst30"),
