@@ -18,13 +18,15 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from uuid import UUID
 
 import httpx
 import psycopg
 
-FUTURE = "2100-01-01T00:00:00Z"
+# Due tomorrow, so no job runs during the test (run_at may be at most a year ahead).
+FUTURE = (datetime.now(UTC) + timedelta(days=1)).isoformat()
 
 
 @dataclass

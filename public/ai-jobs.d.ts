@@ -24,7 +24,6 @@ export interface Job<Input = Record<string, unknown>, Result = unknown> {
   attempts: number;
   max_attempts: number;
   run_at: string;
-  locked_by: string | null;
   lease_expires_at: string | null;
   cancel_requested_at: string | null;
   idempotency_key: string | null;
@@ -35,7 +34,23 @@ export interface Job<Input = Record<string, unknown>, Result = unknown> {
   started_at: string | null;
   finished_at: string | null;
   updated_at: string;
+  /** The owner's organization (from the access token) when the job was created. */
+  org_id: string | null;
+  concurrency_key: string | null;
+  /** Running-job limits checked when the job starts; null: no limit. */
+  user_limit: number | null;
+  org_limit: number | null;
+  key_limit: number | null;
+  /** Why a pending job has not started: "user_limit", "org_limit" or "key_limit" (that limit is full), or a reason the worker gave (e.g. "rate_limited"); null otherwise. */
+  wait_reason: string | null;
+  /** Claude cost estimated at create (US dollars); null for job types without Claude calls. */
+  cost_estimate_usd: number | null;
+  /** The job stops (error "budget_exceeded") rather than start a Claude call that could take usage.cost_usd over this. */
+  cost_cap_usd: number | null;
 }
+
+/** The columns readable through Supabase (every column but locked_by), comma-separated. */
+export declare const JOB_COLUMNS: string;
 
 export interface JobList {
   jobs: Job[];
@@ -86,8 +101,12 @@ export interface ClientOptions {
 }
 
 export interface CreateJobOptions {
+  /** 0 or lower (lower runs later); the API refuses more than 0. */
   priority?: number;
+  /** Not before this time: at most 1 minute ago and 1 year ahead. */
   runAt?: Date | string;
+  /** e.g. "decision:123": limits how many jobs sharing it run at once (per organization, else per user). */
+  concurrencyKey?: string;
   idempotencyKey?: string;
   metadata?: Record<string, unknown>;
 }

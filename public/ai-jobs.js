@@ -5,6 +5,18 @@
 
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 
+/**
+ * The columns a signed-in user may read from public.ai_jobs (RLS, column
+ * privileges): all but locked_by, so `select("*")` is refused and reads name them.
+ */
+export const JOB_COLUMNS = [
+  "id", "user_id", "job_type", "status", "priority", "input", "result", "error", "progress",
+  "progress_message", "checkpoints", "attempts", "max_attempts", "run_at", "lease_expires_at",
+  "cancel_requested_at", "idempotency_key", "parent_id", "metadata", "usage", "created_at",
+  "started_at", "finished_at", "updated_at", "org_id", "concurrency_key", "user_limit", "org_limit",
+  "key_limit", "wait_reason", "cost_estimate_usd", "cost_cap_usd",
+].join(",");
+
 /** Error from the ai-jobs API, carrying the problem+json body. */
 export class AiJobsError extends Error {
   constructor(status, problem) {
@@ -80,10 +92,11 @@ export function createAiJobsClient(options = {}) {
     return data;
   }
 
-  /** POST /api/jobs. options: {priority, runAt, idempotencyKey, metadata} */
+  /** POST /api/jobs. options: {priority (0 or lower), runAt, idempotencyKey, concurrencyKey, metadata} */
   function createJob(type, input = {}, opts = {}) {
     const body = { type, input };
     if (opts.priority !== undefined) body.priority = opts.priority;
+    if (opts.concurrencyKey !== undefined) body.concurrency_key = opts.concurrencyKey;
     if (opts.runAt !== undefined) body.run_at = opts.runAt instanceof Date ? opts.runAt.toISOString() : opts.runAt;
     if (opts.metadata !== undefined) body.metadata = opts.metadata;
     const headers = opts.idempotencyKey ? { "idempotency-key": opts.idempotencyKey } : {};
@@ -109,7 +122,7 @@ export function createAiJobsClient(options = {}) {
   /** Re-read the row: through Supabase (RLS) when there is a client, else the API. */
   async function readJob(id) {
     if (supabase) {
-      const { data, error } = await supabase.from("ai_jobs").select("*").eq("id", id).maybeSingle();
+      const { data, error } = await supabase.from("ai_jobs").select(JOB_COLUMNS).eq("id", id).maybeSingle();
       if (error) throw error;
       return data;
     }

@@ -29,6 +29,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 from werkzeug.test import TestResponse
 
+from ai_jobs.claude.spend import SpendSettings
 from ai_jobs.http.app import create_app
 from ai_jobs.http.openapi import openapi_document
 from ai_jobs.http.services import Services
@@ -42,6 +43,7 @@ WORKER_SECRET = "contract-worker-secret"
 CRON_SECRET = "contract-cron-secret"
 MAX_ACTIVE = 2
 MAX_BODY = 2048
+BUDGET = 0.1
 FUTURE = (datetime.now(UTC) + timedelta(days=1)).isoformat()
 FATAL = JobError(code="bad_request", message="prompt too long", retryable=False)
 DOC = openapi_document()
@@ -60,6 +62,9 @@ def _settings(**overrides: Any) -> Settings:
         store="postgres", jwt_secret=JWT_SECRET, worker_secret=WORKER_SECRET, cron_secret=CRON_SECRET,
         max_active_per_user=MAX_ACTIVE, max_body_bytes=MAX_BODY,
         worker_budget_seconds=6,  # enough to claim one short job (the runner keeps 5 s in reserve)
+        # small spend limits, so the bodies that reach them fit in MAX_BODY: an ai.generate job
+        # with the default max_tokens (4096) is estimated at ~$0.043 and reserves ~$0.086
+        spend=SpendSettings(max_job_cost_usd=1, user_daily_budget_usd=BUDGET),
     )
     return Settings(**{**base, **overrides})
 
@@ -160,6 +165,33 @@ def rs256_token() -> str:
     """Well-formed, RS256 in its header; never verified, because the keys cannot be fetched."""
     part = lambda obj: base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()  # noqa: E731
     return f"{part({'alg': 'RS256', 'typ': 'JWT', 'kid': 'k1'})}.{part({'sub': str(uuid.uuid4())})}.c2ln"
+
+
+def generate(**body: Any) -> dict[str, Any]:
+    return {"type": "ai.generate", "input": {"prompt": "Say hello"}, "run_at": FUTURE, **body}
+
+
+def _over_budget(w: World) -> TestResponse:
+    """The first ai.generate job reserves its cap (~$0.086 of the $0.10 budget); a second does not fit."""
+    assert w.post_json("/api/jobs", generate(), headers=w.auth()).status_code == 202
+    return w.post_json("/api/jobs", generate(), headers=w.auth())
+
+
+def _retry_over_budget(w: World) -> TestResponse:
+    """A failed ai.generate job whose cap no longer fits next to a pending one."""
+    cost = {"cost_estimate_usd": 0.04, "cost_cap_usd": 0.08}
+    w.store.enqueue(NewJob(user_id=w.alice, job_type="ai.generate", input={"prompt": "a"},
+                           run_at=datetime.fromisoformat(FUTURE), **cost))
+    failed = w.store.enqueue(NewJob(user_id=w.alice, job_type="ai.generate", input={"prompt": "b"}, **cost)).job.id
+    assert [j.id for j in w.store.claim("contract", job_id=failed)] == [failed]
+    w.store.fail(failed, "contract", FATAL)
+    return w.client.post(f"/api/jobs/{failed}/retry", headers=w.auth())
+
+
+def _budget_problem(w: World, r: TestResponse) -> None:
+    assert r.json["code"] == "budget_exceeded", r.json
+    assert r.headers["Retry-After"] == "60" and r.json["retry_after_seconds"] == 60  # active jobs hold the budget
+    assert r.json["daily_budget_usd"] == BUDGET and r.json["spent_usd"] == 0 and r.json["reserved_usd"] > 0.07
 
 
 def _fill_active(w: World) -> None:
@@ -336,9 +368,35 @@ SCENARIOS: list[Scenario] = [
     Scenario("POST", "/api/jobs", 422, "header and body keys differ",
              lambda w: w.post_json("/api/jobs", countdown(idempotency_key="a"), headers={**w.auth(), "Idempotency-Key": "b"}),
              _problem_code("idempotency_key_mismatch")),
+    Scenario("POST", "/api/jobs", 422, "priority above 0 (only the job type raises it)",
+             lambda w: w.post_json("/api/jobs", countdown(priority=5), headers=w.auth()),
+             _problem_code("invalid_body", field="priority")),
+    Scenario("POST", "/api/jobs", 422, "run_at a year and a day ahead",
+             lambda w: w.post_json("/api/jobs", countdown(run_at=(datetime.now(UTC) + timedelta(days=366)).isoformat()),
+                                   headers=w.auth()),
+             _problem_code("invalid_body", field="run_at")),
+    Scenario("POST", "/api/jobs", 422, "malformed concurrency_key",
+             lambda w: w.post_json("/api/jobs", countdown(concurrency_key="a key; drop"), headers=w.auth()),
+             _problem_code("invalid_body", field="concurrency_key")),
+    Scenario("POST", "/api/jobs", 422, "model not on the allowlist",
+             lambda w: w.post_json("/api/jobs", generate(input={"prompt": "x", "model": "claude-opus-5-5"}),
+                                   headers=w.auth()),
+             _problem_code("model_not_allowed", field="input.model")),
+    Scenario("POST", "/api/jobs", 422, "max_tokens over the type's cap",
+             lambda w: w.post_json("/api/jobs", generate(input={"prompt": "x", "max_tokens": 8193}), headers=w.auth()),
+             _problem_code("max_tokens_too_large", field="input.max_tokens")),
+    Scenario("POST", "/api/jobs", 422, "more Claude calls than allowed per job",
+             lambda w: w.post_json("/api/jobs", {"type": "ai.map_batches", "input": {
+                 "document": "D", "items": ["i"] * 101, "batch_size": 1}}, headers=w.auth()),
+             _problem_code("too_many_calls", field="input.items")),
+    Scenario("POST", "/api/jobs", 422, "cost estimate over the per-job cap",
+             lambda w: w.post_json("/api/jobs", {"type": "ai.map_batches", "input": {
+                 "document": "D", "items": ["i"] * 30, "batch_size": 1}}, headers=w.auth()),
+             _problem_code("job_cost_too_high")),
     Scenario("POST", "/api/jobs", 429, "per-user cap",
              lambda w: (_fill_active(w), w.post_json("/api/jobs", countdown(), headers=w.auth()))[1],
              _problem_code("active_job_limit", retry_after="10")),
+    Scenario("POST", "/api/jobs", 429, "daily Claude budget", _over_budget, _budget_problem),
     Scenario("POST", "/api/jobs", 503, "database down",
              lambda w: w.post_json("/api/jobs", countdown(), headers=w.auth()), _problem_code("store_unavailable"),
              app="down"),
@@ -404,6 +462,7 @@ SCENARIOS: list[Scenario] = [
     Scenario("POST", "/api/jobs/{job_id}/retry", 429, "per-user cap",
              lambda w: (_fill_active(w), w.client.post(f"/api/jobs/{w.job('failed')}/retry", headers=w.auth()))[1],
              _problem_code("active_job_limit")),
+    Scenario("POST", "/api/jobs/{job_id}/retry", 429, "daily Claude budget", _retry_over_budget, _budget_problem),
     _job_route("POST", "/retry", 503, "database down", None, job_id=SOMEONE, app="down"),
     # the rest
     Scenario("GET", "/api/job-types", 200, "registered types", lambda w: w.client.get("/api/job-types"), _lists_countdown),
@@ -434,6 +493,36 @@ SCENARIOS: list[Scenario] = [
              lambda w: w.client.get(SWEEP, headers={"Authorization": f"Bearer {CRON_SECRET}"}),
              _problem_code("store_unavailable"), app="down"),
 ]
+
+
+def _anonymous(method: str, path: str) -> Scenario:
+    """A Supabase anonymous sign-in's token (role authenticated, is_anonymous true): 403."""
+
+    def send(w: World) -> TestResponse:
+        token = user_token(w.alice, is_anonymous=True)
+        body = {"json": countdown()} if (method, path) == ("POST", "/api/jobs") else {}
+        return w.client.open(path.replace("{job_id}", SOMEONE), method=method,
+                             headers={"Authorization": f"Bearer {token}"}, **body)
+
+    return Scenario(method, path, 403, "anonymous user", send, _problem_code("anonymous_not_allowed"))
+
+
+def _huge_authorization(method: str, path: str) -> Scenario:
+    """An Authorization header over 8 KiB: 431 before the token, the path or the body is looked at."""
+
+    def send(w: World) -> TestResponse:
+        return w.client.open(path.replace("{job_id}", SOMEONE), method=method,
+                             headers={"Authorization": "Bearer " + "x" * 9000})
+
+    return Scenario(method, path, 431, "oversized Authorization", send, _problem_code("header_too_large"))
+
+
+USER_OPERATIONS = [("POST", "/api/jobs"), ("GET", "/api/jobs"), ("GET", "/api/jobs/{job_id}"),
+                   ("DELETE", "/api/jobs/{job_id}"), ("POST", "/api/jobs/{job_id}/cancel"),
+                   ("POST", "/api/jobs/{job_id}/retry")]
+SCENARIOS += [_anonymous(method, path) for method, path in USER_OPERATIONS]
+SCENARIOS += [_huge_authorization(method.upper(), path) for path, ops in DOC["paths"].items() for method in ops
+              if method in HTTP_METHODS]
 
 
 # -- reading the document --------------------------------------------------------

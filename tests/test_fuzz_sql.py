@@ -52,12 +52,16 @@ def typed(call):  # type: ignore[no-untyped-def]
     metadata=st.one_of(json_objects, json_values),
     max_attempts=st.integers(-5, 200),
     max_active=st.one_of(st.none(), st.integers(-3, 5)),
+    cost=st.one_of(st.none(), st.floats()),  # NaN and infinities included
+    budget=st.one_of(st.none(), st.floats()),
 )
 def test_enqueue_any_arguments(pg_store: PostgresStore, database_url: str, fuzz_user: uuid.UUID,
-                               job_type, input_, priority, run_at, key, metadata, max_attempts, max_active) -> None:  # type: ignore[no-untyped-def]
+                               job_type, input_, priority, run_at, key, metadata, max_attempts, max_active,
+                               cost, budget) -> None:  # type: ignore[no-untyped-def]
     new = NewJob.model_construct(user_id=fuzz_user, job_type=job_type, input=input_, priority=priority, run_at=run_at,
                                  idempotency_key=key, parent_id=None, metadata=metadata, max_attempts=max_attempts,
-                                 max_active=max_active)
+                                 max_active=max_active, cost_estimate_usd=cost, cost_cap_usd=cost,
+                                 daily_budget_usd=budget)
     first = typed(lambda: pg_store.enqueue(new))
     if first is not None and key is not None:
         again = typed(lambda: pg_store.enqueue(new))

@@ -267,7 +267,7 @@ def test_batch_claim_releases_unstarted_jobs_when_the_budget_ends(pg_store: Post
     store = CountingStore(pg_store)
     outcomes = Runner(store, registry, clock=clock).run_available(budget_seconds=2.5, min_remaining_seconds=0.6, batch=5)
     assert [o.kind for o in outcomes] == ["completed", "completed"]
-    assert store.calls["ai_jobs_claim_v1"] == 1  # one round trip for the whole batch
+    assert store.calls["ai_jobs_claim_v2"] == 1  # one round trip for the whole batch
     jobs = [pg_store.get(i) for i in ids]
     assert sum(j.status is JobStatus.COMPLETED for j in jobs) == 2
     waiting = [j for j in jobs if j.status is JobStatus.PENDING]

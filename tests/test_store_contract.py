@@ -12,6 +12,7 @@ import pytest
 
 from ai_jobs.errors import (
     ActiveJobLimitError,
+    BudgetExceededError,
     IdempotencyConflictError,
     InvalidArgumentError,
     JobNotFoundError,
@@ -65,6 +66,30 @@ def test_per_user_cap_on_active_jobs(store: JobStore, make_user) -> None:
     job = store.list(user_id=user).jobs[0]
     store.request_cancel(job.id)
     enqueue(store, user, max_active=3)  # a cancelled job frees a slot
+
+
+def test_daily_budget_reserves_caps_and_counts_recorded_spend(store: JobStore, make_user) -> None:
+    user, other = make_user(), make_user()
+    budget = {"cost_estimate_usd": 0.2, "cost_cap_usd": 0.4, "daily_budget_usd": 1.0}
+    first = enqueue(store, user, job_type="ai.generate", **budget).job
+    assert first.cost_estimate_usd == 0.2 and first.cost_cap_usd == 0.4 and store.get(first.id) == first
+    enqueue(store, user, job_type="ai.generate", **budget)
+    with pytest.raises(BudgetExceededError) as err:  # 0.8 held + 0.4 > 1.0
+        enqueue(store, user, job_type="ai.generate", **budget)
+    assert err.value.code == "budget_exceeded" and "budget" in err.value.message
+    assert err.value.facts == {"budget_usd": 1.0, "spent_usd": 0, "reserved_usd": 0.8, "job_cap_usd": 0.4,
+                               "retry_after_seconds": None}
+    assert err.value.retry_after_seconds is None  # active jobs hold it: no recorded spend to wait for
+    enqueue(store, other, job_type="ai.generate", **budget)  # other users are unaffected
+    # the first job runs and records $0.35: its reservation shrinks to 0.05, the ledger holds 0.35
+    store.claim("w-budget", job_id=first.id)
+    store.complete(first.id, "w-budget", {"text": "ok"}, usage={"cost_usd": 0.35})
+    with pytest.raises(BudgetExceededError) as err:  # 0.35 spent + 0.4 held + 0.4 > 1.0
+        enqueue(store, user, job_type="ai.generate", **budget)
+    assert err.value.facts["spent_usd"] == 0.35 and err.value.facts["reserved_usd"] == 0.4
+    assert 86_300 < err.value.retry_after_seconds <= 86_400
+    # a job that reserves nothing is not refused
+    enqueue(store, user, job_type="ai.generate", daily_budget_usd=1.0)
 
 
 def test_unknown_user_and_bad_values_are_invalid_arguments(store: JobStore, make_user) -> None:
@@ -433,3 +458,97 @@ def test_wakeup_status(store: JobStore, db) -> None:
     assert status.mode == "none" and status.last_run is None
     assert status.problem and "pg_cron is not installed" in status.problem
     assert "select public.ai_jobs_schedule_wake_v1();" in status.problem
+
+
+def test_alerts_evaluate_mark_and_list(store: JobStore, db, make_user) -> None:
+    """Alert incidents: opened once, held for one notifier, marked after delivery,
+    listed for `ai-jobs stats`; bad thresholds are invalid arguments."""
+    db.execute("delete from public.ai_jobs_alerts")
+    db.execute("delete from public.ai_jobs_alert_state")
+    user = make_user()
+    db.execute("insert into public.ai_jobs (user_id, job_type) select %s, 'contract.alerts' "
+               "from generate_series(1, 3)", (user,))
+    thresholds = {"queue_depth": 2, "evaluate_every_seconds": 0}
+    [notice] = store.evaluate_alerts(thresholds)
+    assert (notice.event, notice.fresh, notice.job_type) == ("opened", True, "contract.alerts")
+    assert notice.kind == "queue_depth"
+    assert (notice.value, notice.threshold, notice.details["due"]) == (3, 2, 3) and notice.notified_at is None
+    assert store.evaluate_alerts(thresholds) == []  # still open: nothing new, and held for the first caller
+    assert store.mark_alert_notified(notice.id, "opened", delivered=True) is True
+    [listed] = store.alerts()
+    assert listed.id == notice.id and listed.resolved_at is None and listed.notified_at is not None
+    db.execute("delete from public.ai_jobs")
+    [resolution] = store.evaluate_alerts(thresholds)
+    assert (resolution.event, resolution.fresh, resolution.id) == ("resolved", True, notice.id)
+    assert store.mark_alert_notified(notice.id, "resolved", delivered=True) is True
+    assert store.evaluate_alerts(thresholds) == []
+    assert [a.resolved_at is not None for a in store.alerts()] == [True]
+    assert store.alerts(resolved_within=timedelta(0)) == []
+    assert store.mark_alert_notified(uuid.uuid4(), "opened", delivered=True) is False
+    with pytest.raises(InvalidArgumentError):
+        store.mark_alert_notified(notice.id, "closed", delivered=True)  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError):
+        store.evaluate_alerts({"queue_depth": -1})
+    with pytest.raises(InvalidArgumentError):
+        store.evaluate_alerts({"no_such_threshold": 1})
+
+
+def test_defer_waits_without_spending_an_attempt(store: JobStore, make_user) -> None:
+    """A rate-limited job goes back to pending later, says why, keeps its steps."""
+    job = enqueue(store, make_user()).job
+    store.claim("w-defer", job_id=job.id)
+    store.checkpoint(job.id, "w-defer", "s1", {"ok": True}, usage={"requests": 1})
+    before = datetime.now(UTC)
+    row = store.defer(job.id, "w-defer", delay_seconds=30, reason="rate_limited",
+                      message="Waiting for the Claude rate limit", usage={"requests": 1})
+    assert row.status is JobStatus.PENDING and row.attempts == 0 and row.error is None
+    assert row.wait_reason == "rate_limited" and row.progress_message == "Waiting for the Claude rate limit"
+    assert before + timedelta(seconds=29) <= row.run_at <= datetime.now(UTC) + timedelta(seconds=31)
+    assert row.checkpoints == {"s1": {"ok": True}} and row.usage["requests"] == 2
+    assert store.claim("w-defer", job_id=job.id) == []  # not due yet
+    with pytest.raises(LeaseLostError):
+        store.defer(job.id, "w-defer", delay_seconds=1, reason="rate_limited")
+
+
+def test_cancel_of_a_job_waiting_on_a_claude_batch_leaves_it_to_a_worker(store: JobStore, make_user) -> None:
+    """A job with a 'claude-batch' step has a Message Batch running at Anthropic: a
+    cancel while it waits flags it and makes it due now (still pending) so a worker can
+    cancel the batch; a repeat is a read; defer keeps it pending while the batch stops;
+    then the worker marks it cancelled. Jobs without that step keep the old rules."""
+    user = make_user()
+    job = enqueue(store, user).job
+    store.claim("w-batch", job_id=job.id)
+    store.checkpoint(job.id, "w-batch", "claude-batch", {"id": "msgbatch_1", "custom_ids": ["batch-1"]})
+    waiting = store.defer(job.id, "w-batch", delay_seconds=600, reason="claude_batch", message="Waiting")
+    assert waiting.status is JobStatus.PENDING and waiting.wait_reason == "claude_batch"
+    flagged = store.request_cancel(job.id, user_id=user)
+    assert flagged.status is JobStatus.PENDING and flagged.cancel_requested_at is not None
+    assert flagged.finished_at is None and flagged.run_at <= datetime.now(UTC)
+    again = store.request_cancel(job.id, user_id=user)
+    assert (again.status, again.updated_at) == (JobStatus.PENDING, flagged.updated_at)
+    [claimed] = store.claim("w-batch", job_id=job.id)
+    assert claimed.cancel_requested_at is not None
+    stopping = store.defer(job.id, "w-batch", delay_seconds=0, reason="claude_batch", message="Cancelling")
+    assert stopping.status is JobStatus.PENDING and stopping.cancel_requested_at is not None
+    assert stopping.attempts == 0 and stopping.finished_at is None
+    store.claim("w-batch", job_id=job.id)
+    assert store.mark_cancelled(job.id, "w-batch").status is JobStatus.CANCELLED
+
+    other = enqueue(store, user).job
+    store.claim("w-batch", job_id=other.id)
+    store.request_cancel(other.id, user_id=user)  # running: flagged
+    ended = store.defer(other.id, "w-batch", delay_seconds=5, reason="claude_batch")
+    assert ended.status is JobStatus.CANCELLED and ended.wait_reason is None  # no batch step: the cancel wins
+
+
+def test_rate_acquire_and_settle(store: JobStore) -> None:
+    bucket = f"type:contract.t{uuid.uuid4().hex[:8]}"
+    limits = {bucket: {"rpm": 2, "itpm": 1000}}
+    first = store.rate_acquire(limits, input_tokens=900, output_tokens=50)
+    assert first.reservation is not None and first.wait_seconds is None
+    full = store.rate_acquire(limits, input_tokens=200, output_tokens=50)
+    assert (full.reservation, full.bucket, full.limit, full.used, full.max) == (None, bucket, "itpm", 900, 1000)
+    assert 59 <= full.wait_seconds <= 60.1
+    assert store.rate_settle(first.reservation, input_tokens=700, output_tokens=20) is True
+    assert store.rate_acquire(limits, input_tokens=200, output_tokens=50).reservation is not None
+    assert store.rate_acquire(limits, input_tokens=0, output_tokens=0).limit == "rpm"

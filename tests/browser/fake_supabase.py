@@ -23,6 +23,9 @@ from typing import Any
 import jwt
 import psycopg
 from aiohttp import WSMsgType, web
+from psycopg import sql
+
+from ai_jobs.http.schemas import Job as ApiJob
 
 from tests.conftest import JWT_SECRET
 from tests.rls import act_as
@@ -36,6 +39,9 @@ COLUMN_TYPES = {
     "attempts": "int4", "max_attempts": "int4", "input": "jsonb", "result": "jsonb", "error": "jsonb",
     "checkpoints": "jsonb", "metadata": "jsonb", "usage": "jsonb",
 }
+
+
+API_COLUMNS = ",".join(ApiJob.model_fields)
 
 
 class FakeSupabase:
@@ -108,9 +114,11 @@ class FakeSupabase:
         self._release.set()
 
     def row(self, job_id: str) -> dict[str, Any]:
-        """The row as Realtime sends it (JSON values, timestamps as text)."""
+        """The row as Realtime sends it (JSON values, timestamps as text; columns the
+        subscriber's role may not select, i.e. locked_by, left out)."""
         with psycopg.connect(self.database_url) as conn:
-            return conn.execute("select to_jsonb(j) from public.ai_jobs j where id = %s", (job_id,)).fetchone()[0]
+            return conn.execute("select to_jsonb(j) - 'locked_by' from public.ai_jobs j where id = %s",
+                                (job_id,)).fetchone()[0]
 
     def push_change(self, job_id: str, record: dict[str, Any], kind: str = "UPDATE") -> None:
         topic = f"realtime:ai-jobs:{job_id}"
@@ -185,10 +193,15 @@ class FakeSupabase:
         token = request.headers.get("authorization", "").removeprefix("Bearer ")
         return jwt.decode(token, JWT_SECRET, algorithms=["HS256"], audience="authenticated")
 
-    def _read_as(self, claims: dict[str, Any], job_id: str) -> list[dict[str, Any]]:
+    def _read_as(self, claims: dict[str, Any], job_id: str, select: str = "*") -> list[dict[str, Any]]:
+        """As PostgREST runs `?select=a,b&id=eq.<id>`: the named columns (`*`: all of
+        them, which column privileges refuse when one is not granted) under RLS."""
+        columns = sql.SQL("j.*") if select == "*" else sql.SQL(", ").join(
+            sql.Identifier(name.strip()) for name in select.split(","))
+        query = sql.SQL("select to_jsonb(x) from (select {} from public.ai_jobs j where id = %s) x").format(columns)
         with psycopg.connect(self.database_url) as conn, conn.transaction():
             act_as(conn, claims, path="/ai_jobs")
-            rows = conn.execute("select to_jsonb(j) from public.ai_jobs j where id = %s", (job_id,)).fetchall()
+            rows = conn.execute(query, (job_id,)).fetchall()
         return [r[0] for r in rows]
 
     async def _rest_read(self, request: web.Request) -> web.Response:
@@ -198,7 +211,12 @@ class FakeSupabase:
             claims = self._claims(request)
         except jwt.PyJWTError as exc:
             return web.json_response({"code": "PGRST301", "message": str(exc)}, status=401)
-        rows = await asyncio.get_running_loop().run_in_executor(None, self._read_as, claims, job_id)
+        select = request.query.get("select", "*")
+        try:
+            rows = await asyncio.get_running_loop().run_in_executor(None, self._read_as, claims, job_id, select)
+        except psycopg.errors.InsufficientPrivilege as exc:
+            return web.json_response({"code": "42501", "message": str(exc).splitlines()[0], "details": None,
+                                      "hint": None}, status=403)
         if "vnd.pgrst.object" in request.headers.get("accept", ""):
             if len(rows) != 1:
                 return web.json_response({"code": "PGRST116", "message": "JSON object requested, multiple (or no) rows returned",
@@ -210,5 +228,6 @@ class FakeSupabase:
         job_id = request.match_info["job_id"]
         self.api_reads[job_id] += 1
         claims = self._claims(request)
-        rows = await asyncio.get_running_loop().run_in_executor(None, self._read_as, claims, job_id)
+        # the API answers the owner's view (schemas.Job: every column but locked_by)
+        rows = await asyncio.get_running_loop().run_in_executor(None, self._read_as, claims, job_id, API_COLUMNS)
         return web.json_response(rows[0]) if rows else web.json_response({"detail": "job not found"}, status=404)

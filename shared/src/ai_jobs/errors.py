@@ -7,6 +7,9 @@ database messages.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 
 class AiJobsError(Exception):
     """Base class. `code` is stable and safe to show to API clients."""
@@ -55,6 +58,29 @@ class InvalidArgumentError(AiJobsError):
     code = "invalid_argument"
 
 
+class BudgetExceededError(AiJobsError):
+    """The owner's rolling 24 h Claude budget has no room for this job's cap (AJ006).
+    `facts` come from the error's DETAIL (JSON): budget_usd, spent_usd, reserved_usd,
+    job_cap_usd, retry_after_seconds (null: active jobs hold the budget)."""
+
+    code = "budget_exceeded"
+
+    def __init__(self, message: str, *, hint: str | None = None, detail: Any = None) -> None:
+        super().__init__(message, hint=hint)
+        facts: Any = detail
+        if isinstance(detail, (str, bytes)):
+            try:
+                facts = json.loads(detail)
+            except ValueError:
+                facts = None
+        self.facts: dict[str, Any] = facts if isinstance(facts, dict) else {}
+
+    @property
+    def retry_after_seconds(self) -> int | None:
+        value = self.facts.get("retry_after_seconds")
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+
+
 class StoreUnavailableError(AiJobsError):
     """The database or Supabase could not be reached, or failed unexpectedly."""
 
@@ -67,6 +93,7 @@ _BY_SQLSTATE: dict[str, type[AiJobsError]] = {
     "AJ003": JobStateError,
     "AJ004": LeaseLostError,
     "AJ005": IdempotencyConflictError,
+    "AJ006": BudgetExceededError,
     "22023": InvalidArgumentError,  # invalid_parameter_value
     "22P02": InvalidArgumentError,  # invalid_text_representation (e.g. a bad uuid)
     "22P05": InvalidArgumentError,  # untranslatable_character (\u0000 in jsonb)
@@ -80,9 +107,14 @@ _BY_SQLSTATE: dict[str, type[AiJobsError]] = {
 }
 
 
-def error_from_sqlstate(sqlstate: str | None, message: str, hint: str | None = None) -> AiJobsError:
-    """Map a database error to the matching typed exception."""
+def error_from_sqlstate(
+    sqlstate: str | None, message: str, hint: str | None = None, detail: Any = None
+) -> AiJobsError:
+    """Map a database error to the matching typed exception (`detail`: the error's
+    DETAIL, read by the errors that carry figures in it)."""
     cls = _BY_SQLSTATE.get(sqlstate or "", StoreUnavailableError)
     if cls is StoreUnavailableError:
         message = f"database error {sqlstate or '?'}: {message}"
+    if cls is BudgetExceededError:
+        return BudgetExceededError(message, hint=hint, detail=detail)
     return cls(message, hint=hint)

@@ -15,6 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ai_jobs.errors import InvalidArgumentError
 
 JOB_TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$"
+# e.g. "decision:123": letters, digits and . _ : / = @ + -, 1 to 200 characters
+CONCURRENCY_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/=@+-]{0,199}$"
+MAX_CONCURRENCY_LIMIT = 10000
+MAX_COST_USD = 100_000  # the range of the cost columns (numeric(12,6))
 
 
 class JobStatus(StrEnum):
@@ -72,6 +76,17 @@ class Job(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime
+    # Concurrency limits stored at enqueue (None: no limit) and why a pending job waits.
+    org_id: str | None = None
+    concurrency_key: str | None = None
+    user_limit: int | None = None
+    org_limit: int | None = None
+    key_limit: int | None = None
+    wait_reason: str | None = None
+    # Claude spend (set at create for job types that declare their Claude calls): the
+    # estimate, and the cap the job's recorded cost may not pass (None: none stored).
+    cost_estimate_usd: float | None = None
+    cost_cap_usd: float | None = None
 
     @property
     def is_terminal(self) -> bool:
@@ -93,6 +108,18 @@ class NewJob(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
     max_attempts: int = Field(default=3, ge=1, le=100)
     max_active: int | None = Field(default=None, ge=1, description="per-user cap on pending+running jobs")
+    # Checked by the claim: the job starts only while fewer than N of its user's
+    # (organization's, concurrency key's) jobs run. None: no limit.
+    org_id: str | None = Field(default=None, min_length=1, max_length=200)
+    concurrency_key: str | None = Field(default=None, pattern=CONCURRENCY_KEY_PATTERN)
+    user_limit: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY_LIMIT)
+    org_limit: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY_LIMIT)
+    key_limit: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY_LIMIT)
+    # Claude spend: the estimate and cap stored on the row, and the owner's rolling 24 h
+    # budget the cap is reserved against (checked by the enqueue; None: no budget).
+    cost_estimate_usd: float | None = Field(default=None, ge=0, le=MAX_COST_USD)
+    cost_cap_usd: float | None = Field(default=None, ge=0, le=MAX_COST_USD)
+    daily_budget_usd: float | None = Field(default=None, ge=0, le=MAX_COST_USD)
 
 
 class EnqueueResult(BaseModel):
@@ -164,3 +191,15 @@ class WakeupStatus(BaseModel):
     schedule: str | None = Field(default=None, description="the pg_cron schedule, e.g. '5 seconds' or '* * * * *'")
     last_run: WakeupRun | None = Field(default=None, description="the last finished run, if pg_cron recorded one")
     problem: str | None = Field(default=None, description="why wake-ups are not working, and what to run to fix it")
+
+
+class RateAcquisition(BaseModel):
+    """ai_jobs_rate_acquire_v1's answer: a reservation for the call, or how long
+    until the shared per-minute window has room for it (and which limit is full)."""
+
+    reservation: UUID | None = None
+    wait_seconds: float | None = None
+    bucket: str | None = None
+    limit: Literal["rpm", "itpm", "otpm"] | None = None
+    used: int | None = None
+    max: int | None = None

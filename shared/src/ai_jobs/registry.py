@@ -17,7 +17,7 @@ from uuid import UUID
 from pydantic import BaseModel, ValidationError
 
 from ai_jobs.errors import AiJobsError
-from ai_jobs.models import JOB_TYPE_PATTERN, NewJob
+from ai_jobs.models import JOB_TYPE_PATTERN, MAX_CONCURRENCY_LIMIT, NewJob
 
 if TYPE_CHECKING:
     from ai_jobs.context import JobContext
@@ -28,6 +28,9 @@ O = TypeVar("O", bound=BaseModel)
 Handler = Callable[[I, "JobContext"], O]
 
 DEFAULT_JOB_MODULES = ("ai_jobs.jobs",)
+# Demo and benchmark types (example.countdown, bench.noop) sleep or do nothing on our
+# budget: they are served only where this is on (`ai-jobs dev` sets it).
+DEMO_JOB_TYPES_ENV = "AI_JOBS_DEMO_JOB_TYPES"
 
 
 class UnknownJobTypeError(AiJobsError):
@@ -45,6 +48,29 @@ class InputValidationError(AiJobsError):
 
 
 @dataclass(frozen=True)
+class Concurrency:
+    """How many jobs may run at once, checked when a job of this type is claimed:
+    per user, per organization, per concurrency key. None: the setting's default
+    (AI_JOBS_USER_CONCURRENCY, AI_JOBS_ORG_CONCURRENCY, AI_JOBS_KEY_CONCURRENCY);
+    0: no limit for this type."""
+
+    user: int | None = None
+    org: int | None = None
+    key: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("user", "org", "key"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not 0 <= value <= MAX_CONCURRENCY_LIMIT):
+                raise ValueError(f"concurrency {name} must be 0 (no limit) to {MAX_CONCURRENCY_LIMIT}, or None")
+
+    def resolve(self, user: int, org: int, key: int) -> tuple[int | None, int | None, int | None]:
+        """The limits to store on a new row, given the settings' defaults (None: no limit)."""
+        own = (self.user, self.org, self.key)
+        return tuple((default if mine is None else mine) or None for mine, default in zip(own, (user, org, key)))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
 class JobDefinition(Generic[I, O]):
     type: str
     input_model: type[I]
@@ -52,6 +78,14 @@ class JobDefinition(Generic[I, O]):
     handler: Handler[I, O]
     max_attempts: int = 3
     description: str = ""
+    demo: bool = False  # served only with AI_JOBS_DEMO_JOB_TYPES=1
+    priority: int = 0  # higher is claimed first; end users can only lower it
+    concurrency: Concurrency = Concurrency()
+    # Called with the job's context when a cancel stops the job (before it is marked
+    # cancelled), to release work held outside the queue, e.g. a Claude Message Batch.
+    # It must not call ctx.step or ctx.progress (they raise JobCancelled); it may raise
+    # Deferred to be called again later.
+    on_cancel: Callable[[JobContext], None] | None = None
 
     def parse_input(self, raw: Mapping[str, Any]) -> I:
         try:
@@ -80,14 +114,22 @@ class JobRegistry:
         output: type[O],
         max_attempts: int = 3,
         description: str | None = None,
+        demo: bool = False,
+        priority: int = 0,
+        concurrency: Concurrency | Mapping[str, int | None] | None = None,
+        on_cancel: Callable[[JobContext], None] | None = None,
     ) -> Callable[[Handler[I, O]], Handler[I, O]]:
-        """Register `handler(input, ctx) -> output` under `job_type`."""
+        """Register `handler(input, ctx) -> output` under `job_type`; `demo` types are
+        left out by `load_job_modules` unless AI_JOBS_DEMO_JOB_TYPES is on."""
         import re
 
         if not re.fullmatch(JOB_TYPE_PATTERN, job_type) or len(job_type) > 100:
             raise ValueError(f"job type {job_type!r} must be dotted lower-case words, e.g. 'ai.generate'")
         if not 1 <= max_attempts <= 100:
             raise ValueError("max_attempts must be between 1 and 100")
+        if not -1000 <= priority <= 1000:
+            raise ValueError("priority must be between -1000 and 1000")
+        limits = concurrency if isinstance(concurrency, Concurrency) else Concurrency(**dict(concurrency or {}))
 
         def register(handler: Handler[I, O]) -> Handler[I, O]:
             if job_type in self._definitions and self._definitions[job_type].handler is not handler:
@@ -100,6 +142,10 @@ class JobRegistry:
                 handler=handler,
                 max_attempts=max_attempts,
                 description=doc,
+                demo=demo,
+                priority=priority,
+                concurrency=limits,
+                on_cancel=on_cancel,
             )
             return handler
 
@@ -112,17 +158,30 @@ class JobRegistry:
             known = ", ".join(sorted(self._definitions)) or "none"
             raise UnknownJobTypeError(f"unknown job type {job_type!r} (registered: {known})") from None
 
+    def without_demo_types(self) -> JobRegistry:
+        """A copy without the demo types: what a production deployment serves."""
+        copy = JobRegistry()
+        copy._definitions = {t: d for t, d in self._definitions.items() if not d.demo}
+        return copy
+
     def types(self) -> list[str]:
         return sorted(self._definitions)
 
     def definitions(self) -> list[JobDefinition[Any, Any]]:
         return [self._definitions[t] for t in self.types()]
 
-    def new_job(self, user_id: UUID, job_type: str, raw_input: Mapping[str, Any], **options: Any) -> NewJob:
-        """Validate input for `job_type` and build the enqueue request (normalized JSON input)."""
+    def new_job(
+        self, user_id: UUID, job_type: str, raw_input: Mapping[str, Any], *, parsed: BaseModel | None = None,
+        **options: Any,
+    ) -> NewJob:
+        """Validate input for `job_type` and build the enqueue request (normalized JSON input).
+        `parsed`: the input already validated by this type's model (not parsed again)."""
         definition = self.get(job_type)
-        parsed = definition.parse_input(raw_input)
+        if parsed is None:
+            parsed = definition.parse_input(raw_input)
         options.setdefault("max_attempts", definition.max_attempts)
+        if options.get("priority") is None:
+            options["priority"] = definition.priority
         return NewJob(user_id=user_id, job_type=job_type, input=parsed.model_dump(mode="json"), **options)
 
 
@@ -130,12 +189,21 @@ registry = JobRegistry()
 job = registry.job
 
 
-def load_job_modules(modules: Iterable[str] | None = None) -> JobRegistry:
+def demo_job_types_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if environ is None else environ
+    return env.get(DEMO_JOB_TYPES_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_job_modules(modules: Iterable[str] | None = None, *, demo: bool | None = None) -> JobRegistry:
     """Import the modules that register job types: the built-in ones plus
-    AI_JOBS_JOB_MODULES (comma-separated, e.g. "myapp.jobs")."""
+    AI_JOBS_JOB_MODULES (comma-separated, e.g. "myapp.jobs"). Demo types are
+    included only with `demo` (default: AI_JOBS_DEMO_JOB_TYPES), so a production
+    deployment refuses `example.countdown` as an unknown type and never runs it."""
     names = list(DEFAULT_JOB_MODULES) if modules is None else list(modules)
     extra = os.environ.get("AI_JOBS_JOB_MODULES", "")
     names += [name.strip() for name in extra.split(",") if name.strip()]
     for name in names:
         importlib.import_module(name)
-    return registry
+    if demo is None:
+        demo = demo_job_types_enabled()
+    return registry if demo else registry.without_demo_types()

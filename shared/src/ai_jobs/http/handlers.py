@@ -12,7 +12,7 @@ from ai_jobs.http import operations
 from ai_jobs.http.auth import require_secret
 from ai_jobs.http.flask_io import job_id_arg, json_response, read_json, read_query, services
 from ai_jobs.http.openapi import openapi_document
-from ai_jobs.http.schemas import CreateJobRequest, ListJobsQuery, WorkRequest
+from ai_jobs.http.schemas import CreateJobRequest, Job, ListJobsQuery, WorkRequest
 
 
 def create_job(request: Request) -> Response:
@@ -21,7 +21,7 @@ def create_job(request: Request) -> Response:
     who = svc.authenticate(request.headers.get("Authorization"))
     body = read_json(request, CreateJobRequest, max_bytes=svc.settings.max_body_bytes, max_depth=svc.settings.max_input_depth)
     result = operations.create_job(svc, who, body, request.headers.get("Idempotency-Key"))
-    return json_response(result.job, 202 if result.created else 200, {"Location": f"/api/jobs/{result.job.id}"})
+    return json_response(Job.of(result.job), 202 if result.created else 200, {"Location": f"/api/jobs/{result.job.id}"})
 
 
 def list_jobs(request: Request) -> Response:

@@ -13,17 +13,25 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from ai_jobs import __version__
-from ai_jobs.http.problems import ACTIVE_LIMIT_RETRY_AFTER_SECONDS, PROBLEM_JSON, PROBLEM_TYPE_PREFIX
+from ai_jobs.claude.spend import BUDGET_RETRY_AFTER_SECONDS
+from ai_jobs.http.problems import (
+    ACTIVE_LIMIT_RETRY_AFTER_SECONDS,
+    MAX_AUTHORIZATION_BYTES,
+    MAX_HEADER_BYTES,
+    PROBLEM_JSON,
+    PROBLEM_TYPE_PREFIX,
+)
 from ai_jobs.http.schemas import (
     CreateJobRequest,
     Health,
+    Job,
     JobList,
     JobTypeList,
     ProblemBody,
     WorkRequest,
     WorkResult,
 )
-from ai_jobs.models import JOB_TYPE_PATTERN, Job, JobStatus
+from ai_jobs.models import JOB_TYPE_PATTERN, JobStatus
 from ai_jobs.sweep import SweepReport
 
 REF = "#/components/schemas/{model}"
@@ -79,7 +87,14 @@ JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "
 USER = [{"bearerAuth": []}]
 
 # The problems user endpoints share.
-UNAUTHORIZED = _problem(401, "missing, malformed, expired or wrong access token", ["unauthorized"], WWW_AUTHENTICATE)
+UNAUTHORIZED = _problem(401, "missing, malformed, expired or wrong access token (including an `alg` that does not "
+                             "match its key)", ["unauthorized"], WWW_AUTHENTICATE)
+ANONYMOUS = _problem(403, "a Supabase anonymous user (`is_anonymous: true`) while AI_JOBS_ALLOW_ANONYMOUS is off",
+                     ["anonymous_not_allowed"])
+HEADERS_TOO_LARGE = _problem(
+    431, f"an Authorization header over {MAX_AUTHORIZATION_BYTES} bytes, or request headers over {MAX_HEADER_BYTES} "
+         "bytes in all; checked before anything else", ["header_too_large"],
+)
 UNAVAILABLE = _problem(
     503, "the job store (Retry-After: 5) or the project's token signing keys could not be reached; try again shortly",
     ["store_unavailable", "auth_keys_unavailable"],
@@ -89,9 +104,16 @@ STORE_UNAVAILABLE = _problem(503, "the job store could not be reached; try again
                              RETRY_AFTER)
 BAD_JOB_ID = _problem(400, "the job id in the path is not a UUID", ["invalid_job_id"])
 NOT_FOUND = _problem(404, "no such job, or it belongs to another user (never says which)", ["job_not_found"])
-ACTIVE_LIMIT = _problem(
-    429, f"too many pending or running jobs for this user; Retry-After is {ACTIVE_LIMIT_RETRY_AFTER_SECONDS} s",
-    ["active_job_limit"], RETRY_AFTER,
+# 429 on create and retry: the active-job cap, or the daily Claude budget (spend control).
+TOO_MANY = _problem(
+    429, f"too many pending or running jobs for this user (active_job_limit; Retry-After is "
+         f"{ACTIVE_LIMIT_RETRY_AFTER_SECONDS} s), or the user's rolling 24 h Claude budget "
+         "(AI_JOBS_USER_DAILY_BUDGET_USD) has no room for this job's cost cap (budget_exceeded: Claude cost recorded "
+         "in the last 24 h plus what the user's active jobs may still spend plus this job's cap would pass it; "
+         "the body has daily_budget_usd, spent_usd, reserved_usd, job_cap_usd and retry_after_seconds, and "
+         f"Retry-After says when enough recorded spend leaves the window, or {BUDGET_RETRY_AFTER_SECONDS} s when "
+         "active jobs hold the budget)",
+    ["active_job_limit", "budget_exceeded"], RETRY_AFTER,
 )
 MALFORMED_JSON = ["invalid_json"]
 TOO_LARGE = _problem(413, "request body over the size limit", ["body_too_large"])
@@ -113,7 +135,8 @@ def openapi_document() -> dict[str, Any]:
             "post": {
                 "summary": "Create a job",
                 "description": "Validates the input against the job type, enqueues it under the per-user cap "
-                               "and hands it to a worker. A repeat with the same idempotency key returns the "
+                               "with the type's concurrency limits and hands it to a worker. Workers take users in "
+                               "turn; a job over a concurrency limit stays pending with wait_reason set. A repeat with the same idempotency key returns the "
                                "earlier job with 200. The bearer token is checked before the body is read.",
                 "security": USER,
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
@@ -130,12 +153,22 @@ def openapi_document() -> dict[str, Any]:
                     "413": TOO_LARGE,
                     "415": NOT_JSON,
                     "422": _problem(
-                        422, "the body is not a valid request (field errors in `errors`), the type is unknown, "
-                             "the input fails the type's schema, or the idempotency key was used for a different job",
+                        422, "the body is not a valid request (field errors in `errors`, e.g. priority above 0, "
+                             "run_at more than 1 minute ago or 1 year ahead, a malformed concurrency_key), the type "
+                             "is unknown, the input fails the type's schema, the idempotency key was used for a "
+                             "different job, or the database refused a value (invalid_argument, e.g. run_at out of "
+                             "range by its clock); or a Claude spend limit: a model not on the allowlist "
+                             "(model_not_allowed, with allowed_models), a model without a price (model_not_priced), "
+                             "max_tokens over the job type's cap (max_tokens_too_large, with max_tokens_cap), more "
+                             "Claude calls than allowed per job (too_many_calls, with calls and max_calls), or a cost "
+                             "estimate over the per-job cap or the daily budget (job_cost_too_high, with "
+                             "estimated_cost_usd and max_job_cost_usd or daily_budget_usd)",
                         ["invalid_body", "invalid_json_value", "too_deep", "unknown_job_type", "invalid_input",
-                         "idempotency_conflict", "idempotency_key_mismatch", "invalid_argument"],
+                         "idempotency_conflict", "idempotency_key_mismatch", "invalid_argument",
+                         "model_not_allowed", "model_not_priced", "max_tokens_too_large", "too_many_calls",
+                         "job_cost_too_high"],
                     ),
-                    "429": ACTIVE_LIMIT,
+                    "429": TOO_MANY,
                     "503": UNAVAILABLE,
                 },
             },
@@ -173,8 +206,10 @@ def openapi_document() -> dict[str, Any]:
         "/api/jobs/{job_id}/cancel": {
             "post": _user_job_operation(
                 "Cancel a pending or running job",
-                {"200": _json(Job, "pending: now cancelled; running: cancel_requested_at set, still running until "
-                                   "its next step; already cancelled or already requested: the job, unchanged"),
+                {"200": _json(Job, "pending: now cancelled (waiting on a Claude Message Batch: cancel_requested_at "
+                                   "set, still pending until a worker has cancelled the batch); running: "
+                                   "cancel_requested_at set, still running until its next step; already cancelled "
+                                   "or already requested: the job, unchanged"),
                  "409": _problem(409, "the job is completed or failed", ["invalid_state"])},
             ),
         },
@@ -182,7 +217,7 @@ def openapi_document() -> dict[str, Any]:
             "post": _user_job_operation(
                 "Retry a failed or cancelled job (finished steps are kept)",
                 {"202": _json(Job, "pending again with fresh attempts, and handed to a worker"),
-                 "409": _problem(409, "the job is not failed or cancelled", ["invalid_state"]), "429": ACTIVE_LIMIT},
+                 "409": _problem(409, "the job is not failed or cancelled", ["invalid_state"]), "429": TOO_MANY},
             ),
         },
         "/api/job-types": {
@@ -233,13 +268,22 @@ def openapi_document() -> dict[str, Any]:
             },
         },
     }
+    for operations in paths.values():  # statuses every operation (or every user operation) shares
+        for operation in operations.values():
+            responses = operation["responses"]
+            responses["431"] = HEADERS_TOO_LARGE
+            if operation.get("security") == USER:
+                responses["403"] = ANONYMOUS
+            operation["responses"] = dict(sorted(responses.items()))
     return {
         "openapi": "3.1.0",
         "info": {"title": "ai-jobs", "version": __version__,
                  "description": "Durable background jobs for Claude calls on Supabase + Vercel. Every error is "
                                 "application/problem+json (RFC 9457) with type urn:ai-jobs:problem:<code>. "
                                 "An unknown path answers 404 not_found and a known path with another method "
-                                "405 method_not_allowed, both problem+json."},
+                                "405 method_not_allowed, both problem+json. The local server (`ai-jobs dev`/`serve`) "
+                                "answers a request line over 64 KiB with 414 uri_too_long and a header line over "
+                                "64 KiB (or over 100 headers) with 431 header_too_large, problem+json too."},
         "paths": paths,
         "components": {
             "schemas": defs["$defs"],

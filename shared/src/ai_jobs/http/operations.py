@@ -3,6 +3,7 @@ ai_jobs.http.handlers only parse, authorize and call these)."""
 
 from __future__ import annotations
 
+from typing import Any
 from uuid import UUID
 
 from ai_jobs import __version__
@@ -11,6 +12,7 @@ from ai_jobs.http.problems import Problem
 from ai_jobs.http.schemas import (
     CreateJobRequest,
     Health,
+    Job as PublicJob,
     JobList,
     JobTypeInfo,
     JobTypeList,
@@ -36,6 +38,10 @@ def create_job(svc: Services, who: Principal, body: CreateJobRequest, idempotenc
         if key is not None and key != header:
             raise Problem(422, "idempotency_key_mismatch", "Idempotency-Key header and idempotency_key differ")
         key = header
+    # A request may only lower its job type's priority (the body refuses > 0).
+    priority = None
+    if body.priority:
+        priority = max(-1000, svc.registry.get(body.type).priority + body.priority)
     result = submit_job(
         svc.store,
         who.user_id,
@@ -43,14 +49,35 @@ def create_job(svc: Services, who: Principal, body: CreateJobRequest, idempotenc
         body.input,
         settings=svc.settings,
         registry=svc.registry,
-        priority=body.priority,
+        priority=priority,
         run_at=body.run_at,
         idempotency_key=key,
         metadata=body.metadata,
+        org_id=org_from_claims(who.claims, svc.settings.org_claim),
+        concurrency_key=body.concurrency_key,
     )
     if result.created and _due_within_a_worker_budget(svc, result.job):
         svc.dispatcher.dispatch(result.job.id)
     return result
+
+
+def org_from_claims(claims: dict[str, Any], path: str) -> str | None:
+    """The caller's organization at the dotted claim path (e.g. app_metadata.org_id,
+    which only the server side can write). Absent, empty or not a string or
+    integer of at most 200 characters: no organization, so no organization limit."""
+    if not path:
+        return None
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    text = str(value)
+    if not 1 <= len(text) <= 200 or not text.isprintable():
+        return None
+    return text
 
 
 def _due_within_a_worker_budget(svc: Services, job: Job) -> bool:
@@ -61,25 +88,26 @@ def _due_within_a_worker_budget(svc: Services, job: Job) -> bool:
     return delay <= svc.settings.worker_budget_seconds - RUNNER_MIN_REMAINING_SECONDS
 
 
-def get_job(svc: Services, who: Principal, job_id: UUID) -> Job:
-    return svc.store.get(job_id, user_id=who.user_id)
+def get_job(svc: Services, who: Principal, job_id: UUID) -> PublicJob:
+    return PublicJob.of(svc.store.get(job_id, user_id=who.user_id))
 
 
 def list_jobs(svc: Services, who: Principal, query: ListJobsQuery) -> JobList:
     page = svc.store.list(
         user_id=who.user_id, status=query.status, job_type=query.type, limit=query.limit, cursor=query.cursor
     )
-    return JobList(jobs=page.jobs, next_cursor=page.next_cursor)
+    return JobList(jobs=[PublicJob.of(job) for job in page.jobs], next_cursor=page.next_cursor)
 
 
-def cancel_job(svc: Services, who: Principal, job_id: UUID) -> Job:
-    return svc.store.request_cancel(job_id, user_id=who.user_id)
+def cancel_job(svc: Services, who: Principal, job_id: UUID) -> PublicJob:
+    return PublicJob.of(svc.store.request_cancel(job_id, user_id=who.user_id))
 
 
-def retry_job(svc: Services, who: Principal, job_id: UUID) -> Job:
-    job = svc.store.retry(job_id, user_id=who.user_id, max_active=svc.settings.max_active_per_user)
+def retry_job(svc: Services, who: Principal, job_id: UUID) -> PublicJob:
+    job = svc.store.retry(job_id, user_id=who.user_id, max_active=svc.settings.max_active_per_user,
+                          daily_budget_usd=svc.settings.spend.daily_budget())
     svc.dispatcher.dispatch(job.id)
-    return job
+    return PublicJob.of(job)
 
 
 def delete_job(svc: Services, who: Principal, job_id: UUID) -> Job:
@@ -164,4 +192,5 @@ def run_sweep(svc: Services) -> SweepReport:
         svc.dispatcher,
         stale_pending_seconds=svc.settings.stale_pending_seconds,
         budget_seconds=svc.settings.worker_budget_seconds,
+        alerts=svc.settings.alerts,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -9,7 +10,20 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validato
 
 from ai_jobs.errors import InvalidArgumentError
 
-from ai_jobs.models import JOB_TYPE_PATTERN, Job, JobCursor, JobStatus, WakeupStatus
+from ai_jobs.models import (
+    CONCURRENCY_KEY_PATTERN,
+    JOB_TYPE_PATTERN,
+    JobCursor,
+    JobError,
+    JobStatus,
+    WakeupStatus,
+)
+from ai_jobs.models import Job as StoredJob
+
+# How far run_at may be from now (the database checks the same with its own clock).
+RUN_AT_PAST = timedelta(minutes=1)
+RUN_AT_FUTURE = timedelta(days=365)
+WAIT_REASONS = "user_limit, org_limit or key_limit"
 
 
 class CreateJobRequest(BaseModel):
@@ -17,12 +31,100 @@ class CreateJobRequest(BaseModel):
 
     type: str = Field(min_length=1, max_length=100, description="a registered job type, see GET /api/job-types")
     input: dict[str, Any] = Field(default_factory=dict, description="validated against the type's input schema")
-    priority: int = Field(default=0, ge=-1000, le=1000, description="higher runs first")
-    run_at: AwareDatetime | None = Field(default=None, description="not before this time (ISO 8601 with offset)")
+    priority: int = Field(
+        default=0, ge=-1000, json_schema_extra={"maximum": 0},
+        description="0 or lower, added to the job type's priority: lower runs after your other jobs and "
+                    "after other users' jobs of the same type priority; above 0 is refused (422)",
+    )
+    run_at: AwareDatetime | None = Field(
+        default=None,
+        description="not before this time (ISO 8601 with offset); at most 1 minute ago and 1 year (365 days) ahead",
+    )
+    concurrency_key: str | None = Field(
+        default=None, max_length=200, pattern=CONCURRENCY_KEY_PATTERN,
+        description="e.g. decision:123: at most the type's key limit (default 2) of the jobs sharing it run at once; "
+                    "shared within your organization when your token has one, else yours alone",
+    )
     idempotency_key: str | None = Field(
         default=None, min_length=1, max_length=255, description="or the Idempotency-Key header"
     )
     metadata: dict[str, Any] = Field(default_factory=dict, description="yours to keep with the job")
+
+    @field_validator("priority")
+    @classmethod
+    def _not_above_default(cls, priority: int) -> int:
+        """Priority above the default would let one user jump everyone's queue."""
+        if priority > 0:
+            raise ValueError("priority above 0 is set by the job type, not by a request; send 0 or lower")
+        return priority
+
+    @field_validator("run_at")
+    @classmethod
+    def _within_range(cls, run_at: datetime | None) -> datetime | None:
+        """Far-future or edge-of-range times would sit in the queue for ever (or break date arithmetic)."""
+        if run_at is not None:
+            now = datetime.now(UTC)
+            if not now - RUN_AT_PAST <= run_at <= now + RUN_AT_FUTURE:
+                raise ValueError("run_at must be between 1 minute ago and 1 year (365 days) from now")
+        return run_at
+
+
+class Job(BaseModel):
+    """A job as its owner sees it (API responses; RLS reads return the same columns):
+    every column of the row except locked_by, which names worker hosts."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: UUID
+    user_id: UUID
+    job_type: str
+    status: JobStatus
+    priority: int
+    input: dict[str, Any]
+    result: Any | None = None
+    error: JobError | None = None
+    progress: int
+    progress_message: str | None = None
+    checkpoints: dict[str, Any]
+    attempts: int
+    max_attempts: int
+    run_at: datetime
+    lease_expires_at: datetime | None = None
+    cancel_requested_at: datetime | None = None
+    idempotency_key: str | None = None
+    parent_id: UUID | None = None
+    metadata: dict[str, Any]
+    usage: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime
+    org_id: str | None = Field(default=None, description="your organization (from your access token) when created")
+    concurrency_key: str | None = None
+    user_limit: int | None = Field(default=None, description="starts only while fewer of your jobs run; null: no limit")
+    org_limit: int | None = Field(default=None, description="likewise for your organization's jobs")
+    key_limit: int | None = Field(default=None, description="likewise for jobs with the same concurrency_key")
+    wait_reason: str | None = Field(
+        default=None,
+        description=f"why a pending job has not started yet: {WAIT_REASONS} (that concurrency limit is full; "
+                    "it starts when a slot frees), or a reason the worker gave when it put the job back to wait "
+                    "(e.g. rate_limited); null otherwise",
+    )
+    cost_estimate_usd: float | None = Field(
+        default=None,
+        description="Claude cost estimated at create (input at 3 bytes per token, every call using all of "
+                    "max_tokens); null for job types that make no Claude calls",
+    )
+    cost_cap_usd: float | None = Field(
+        default=None,
+        description="the job stops (error budget_exceeded) rather than start a Claude call that could take its "
+                    "recorded cost (usage.cost_usd) over this; reserved against your daily budget while active",
+    )
+
+    @classmethod
+    def of(cls, job: StoredJob) -> Job:
+        """The owner's view of a stored row (already validated: no second validation)."""
+        return cls.model_construct(**{name: getattr(job, name) for name in cls.model_fields})
 
 
 class ListJobsQuery(BaseModel):
@@ -99,3 +201,19 @@ class ProblemBody(BaseModel):
     detail: str
     code: str
     errors: list[dict[str, Any]] | None = None
+    # Extension members of the spend-control problems (422 model_not_allowed,
+    # max_tokens_too_large, too_many_calls, job_cost_too_high; 429 budget_exceeded).
+    allowed_models: list[str] | None = Field(default=None, description="model_not_allowed: the models you may use")
+    max_tokens_cap: int | None = Field(default=None, description="max_tokens_too_large: the job type's cap")
+    calls: int | None = Field(default=None, description="too_many_calls: the Claude calls the job would make")
+    max_calls: int | None = Field(default=None, description="too_many_calls: the most allowed per job")
+    estimated_cost_usd: float | None = Field(default=None, description="job_cost_too_high: the job's estimate")
+    max_job_cost_usd: float | None = Field(default=None, description="job_cost_too_high: the per-job cap")
+    daily_budget_usd: float | None = Field(
+        default=None, description="budget_exceeded (and job_cost_too_high): your rolling 24 h Claude budget")
+    spent_usd: float | None = Field(default=None, description="budget_exceeded: Claude cost recorded in the last 24 h")
+    reserved_usd: float | None = Field(
+        default=None, description="budget_exceeded: what your pending and running jobs may still spend (their caps)")
+    job_cap_usd: float | None = Field(default=None, description="budget_exceeded: what this job would reserve")
+    retry_after_seconds: int | None = Field(
+        default=None, description="budget_exceeded: when enough recorded spend leaves the 24 h window (as Retry-After)")

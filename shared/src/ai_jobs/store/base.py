@@ -8,6 +8,7 @@ SupabaseStore), so both adapters are the same queue by construction.
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,9 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from pydantic import ValidationError
+
+from ai_jobs.alerts import Alert, AlertEvent, AlertNotice
 from ai_jobs.models import (
     EnqueueResult,
     Job,
@@ -24,9 +28,13 @@ from ai_jobs.models import (
     JobStatus,
     NewJob,
     QueueDepth,
+    RateAcquisition,
     TypeStats,
     WakeupStatus,
 )
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,8 +52,9 @@ class SqlFunction:
     returns_set: bool = True
 
 
-ENQUEUE = SqlFunction("ai_jobs_enqueue_v1", returns_set=False)
-CLAIM = SqlFunction("ai_jobs_claim_v1")
+# v3: v2 plus the Claude cost estimate and cap, reserved against the owner's daily budget.
+ENQUEUE = SqlFunction("ai_jobs_enqueue_v3", returns_set=False)
+CLAIM = SqlFunction("ai_jobs_claim_v2")
 HEARTBEAT = SqlFunction("ai_jobs_heartbeat_v1")
 PROGRESS = SqlFunction("ai_jobs_progress_v1")
 CHECKPOINT = SqlFunction("ai_jobs_checkpoint_v1")
@@ -54,8 +63,10 @@ COMPLETE_MANY = SqlFunction("ai_jobs_complete_many_v1")
 FAIL = SqlFunction("ai_jobs_fail_v1")
 RELEASE = SqlFunction("ai_jobs_release_v1")
 CANCELLED = SqlFunction("ai_jobs_cancelled_v1")
-REQUEST_CANCEL = SqlFunction("ai_jobs_request_cancel_v1")
-RETRY = SqlFunction("ai_jobs_retry_v1")
+# v2: a pending job with a Claude Message Batch (step claude-batch) waits for a worker to cancel it.
+REQUEST_CANCEL = SqlFunction("ai_jobs_request_cancel_v2")
+# v2: the retried job's remaining cap is reserved against the owner's daily budget.
+RETRY = SqlFunction("ai_jobs_retry_v2")
 DELETE = SqlFunction("ai_jobs_delete_v1")
 GET = SqlFunction("ai_jobs_get_v1")
 LIST = SqlFunction("ai_jobs_list_v1")
@@ -66,6 +77,13 @@ QUEUE_DEPTH = SqlFunction("ai_jobs_queue_depth_v1")
 STATS_24H = SqlFunction("ai_jobs_stats_24h_v1")
 WAKEUP_STATUS = SqlFunction("ai_jobs_wakeup_status_v1", returns_set=False)
 NEXT_DUE = SqlFunction("ai_jobs_next_due_v1", returns_set=False)
+EVALUATE_ALERTS = SqlFunction("ai_jobs_evaluate_alerts_v1")
+MARK_ALERT_NOTIFIED = SqlFunction("ai_jobs_mark_alert_notified_v1", returns_set=False)
+ALERTS = SqlFunction("ai_jobs_alerts_v1")
+# v2: a cancel-requested job with a Message Batch (step claude-batch) stays pending until it is cancelled.
+DEFER = SqlFunction("ai_jobs_defer_v2")
+RATE_ACQUIRE = SqlFunction("ai_jobs_rate_acquire_v1", returns_set=False)
+RATE_SETTLE = SqlFunction("ai_jobs_rate_settle_v1", returns_set=False)
 
 
 class JobStore(ABC):
@@ -94,6 +112,34 @@ class JobStore(ABC):
     def _jobs(self, function: SqlFunction, params: Mapping[str, Any]) -> list[Job]:
         return [Job.model_validate(row) for row in self.call(function, params)]
 
+    def _readable_jobs(self, rows: Sequence[Mapping[str, Any]], worker: str | None = None) -> list[Job]:
+        """Parse rows one by one: a row the Job model refuses (written around our API)
+        is left out, and when `worker` holds its lease it is failed on its own
+        (`unreadable_row`, not retried), so it never strands the rest of a batch."""
+        jobs: list[Job] = []
+        for row in rows:
+            try:
+                jobs.append(Job.model_validate(row))
+            except ValidationError as exc:
+                self._unreadable(row, exc, worker)
+        return jobs
+
+    def _unreadable(self, row: Mapping[str, Any], exc: ValidationError, worker: str | None) -> None:
+        job_id = row.get("id") if isinstance(row, Mapping) else None
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or '(row)'}: {e['msg']}"
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)[:5]
+        )
+        log.error("job %s: unreadable row (%s)", job_id, problems)
+        if job_id is None or worker is None:
+            return
+        error = JobError(code="unreadable_row", message=f"the worker could not read this job: {problems}"[:4000],
+                         retryable=False)
+        try:
+            self.call(FAIL, {"p_job_id": job_id, "p_worker": worker, "p_error": Json(error.model_dump(mode="json"))})
+        except Exception as fail_exc:  # noqa: BLE001 - the lease expires and the next claim tries again
+            log.warning("job %s: could not fail the unreadable row: %s", job_id, type(fail_exc).__name__)
+
     def _job(self, function: SqlFunction, params: Mapping[str, Any]) -> Job:
         jobs = self._jobs(function, params)
         if len(jobs) != 1:
@@ -103,7 +149,10 @@ class JobStore(ABC):
     # -- enqueue -------------------------------------------------------------------
 
     def enqueue(self, new_job: NewJob) -> EnqueueResult:
-        """Insert a job; an existing idempotency key returns the existing job."""
+        """Insert a job; an existing idempotency key returns the existing job. With
+        `daily_budget_usd` and a `cost_cap_usd`, BudgetExceededError when the owner's
+        Claude spend recorded in the last 24 h, plus what their active jobs may still
+        spend, plus this cap would pass the budget."""
         value = self.call(
             ENQUEUE,
             {
@@ -117,6 +166,14 @@ class JobStore(ABC):
                 "p_metadata": Json(new_job.metadata),
                 "p_max_attempts": new_job.max_attempts,
                 "p_max_active": new_job.max_active,
+                "p_org_id": new_job.org_id,
+                "p_concurrency_key": new_job.concurrency_key,
+                "p_user_limit": new_job.user_limit,
+                "p_org_limit": new_job.org_limit,
+                "p_key_limit": new_job.key_limit,
+                "p_cost_estimate_usd": new_job.cost_estimate_usd,
+                "p_cost_cap_usd": new_job.cost_cap_usd,
+                "p_daily_budget_usd": new_job.daily_budget_usd,
             },
         )
         return EnqueueResult.model_validate(value)
@@ -132,8 +189,11 @@ class JobStore(ABC):
         job_types: Sequence[str] | None = None,
         job_id: UUID | None = None,
     ) -> list[Job]:
-        """Lease up to `limit` due jobs to `worker`; each job goes to one caller only."""
-        return self._jobs(
+        """Lease up to `limit` due jobs to `worker`; each job goes to one caller only.
+        Owners take turns (fewest running first); a job over its concurrency limits
+        stays pending with `wait_reason` set.
+        A claimed row that cannot be parsed is failed alone (`unreadable_row`)."""
+        rows = self.call(
             CLAIM,
             {
                 "p_worker": worker,
@@ -143,6 +203,7 @@ class JobStore(ABC):
                 "p_job_id": job_id,
             },
         )
+        return self._readable_jobs(rows, worker)
 
     def heartbeat(self, job_id: UUID, worker: str, *, lease_seconds: int = 30) -> Job:
         return self._job(
@@ -259,6 +320,65 @@ class JobStore(ABC):
             },
         )
 
+    def defer(
+        self,
+        job_id: UUID,
+        worker: str,
+        *,
+        delay_seconds: float,
+        reason: str,
+        message: str | None = None,
+        usage: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Back to pending `delay_seconds` from now (database clock) because the job
+        must wait (`reason`, e.g. rate_limited): no attempt spent, no error recorded.
+        A pending cancel wins (the job ends cancelled), except for a job with a Claude
+        Message Batch (a `claude-batch` step): it stays pending so a worker can still
+        cancel the batch."""
+        return self._job(
+            DEFER,
+            {
+                "p_job_id": job_id,
+                "p_worker": worker,
+                "p_delay_seconds": delay_seconds,
+                "p_reason": reason,
+                "p_message": message,
+                "p_usage": Json(dict(usage)) if usage else None,
+            },
+        )
+
+    def rate_acquire(
+        self,
+        limits: Mapping[str, Mapping[str, int]],
+        *,
+        input_tokens: int,
+        output_tokens: int,
+        job_id: UUID | None = None,
+        window_seconds: float | None = None,
+    ) -> RateAcquisition:
+        """Reserve one call's request and tokens in every bucket of `limits`
+        (shared by all workers, sliding 60 s window), or learn how long to wait."""
+        value = self.call(
+            RATE_ACQUIRE,
+            {
+                "p_limits": Json(dict(limits)),
+                "p_input_tokens": input_tokens,
+                "p_output_tokens": output_tokens,
+                "p_job_id": job_id,
+                "p_window_seconds": window_seconds,
+            },
+        )
+        return RateAcquisition.model_validate(value)
+
+    def rate_settle(self, reservation: UUID, *, input_tokens: int, output_tokens: int) -> bool:
+        """Correct a reservation to the billed tokens; False if it already left the window."""
+        return bool(
+            self.call(
+                RATE_SETTLE,
+                {"p_reservation": reservation, "p_input_tokens": input_tokens, "p_output_tokens": output_tokens},
+            )
+        )
+
     def mark_cancelled(
         self, job_id: UUID, worker: str, *, usage: Mapping[str, Any] | None = None
     ) -> Job:
@@ -302,15 +422,26 @@ class JobStore(ABC):
         return JobPage(jobs=jobs, next_cursor=next_cursor)
 
     def request_cancel(self, job_id: UUID, *, user_id: UUID | None = None) -> Job:
-        """Pending: cancelled now. Running: flagged, the worker stops at its next step."""
+        """Pending: cancelled now. Running: flagged, the worker stops at its next step.
+        Pending with a Claude Message Batch (a `claude-batch` step): flagged and due now,
+        still pending; a worker cancels the batch, then marks the job cancelled."""
         return self._job(REQUEST_CANCEL, {"p_job_id": job_id, "p_user_id": user_id})
 
     def retry(
-        self, job_id: UUID, *, user_id: UUID | None = None, max_active: int | None = None
+        self,
+        job_id: UUID,
+        *,
+        user_id: UUID | None = None,
+        max_active: int | None = None,
+        daily_budget_usd: float | None = None,
     ) -> Job:
-        """Failed or cancelled -> pending with fresh attempts; completed steps are kept."""
+        """Failed or cancelled -> pending with fresh attempts; completed steps are kept.
+        With `daily_budget_usd`, what the job may still spend under its cap is reserved
+        against the owner's budget (BudgetExceededError when there is no room)."""
         return self._job(
-            RETRY, {"p_job_id": job_id, "p_user_id": user_id, "p_max_active": max_active}
+            RETRY,
+            {"p_job_id": job_id, "p_user_id": user_id, "p_max_active": max_active,
+             "p_daily_budget_usd": daily_budget_usd},
         )
 
     def delete(self, job_id: UUID, *, user_id: UUID | None = None) -> Job:
@@ -321,11 +452,13 @@ class JobStore(ABC):
 
     def reap_expired(self, *, limit: int = 100) -> list[Job]:
         """Running jobs past their lease -> pending (or failed when attempts are spent)."""
-        return self._jobs(REAP, {"p_limit": limit})
+        return self._readable_jobs(self.call(REAP, {"p_limit": limit}))
 
     def stale_pending(self, *, older_than_seconds: int = 60, limit: int = 100) -> list[Job]:
         """Due jobs left pending longer than `older_than_seconds` (missed hand-offs)."""
-        return self._jobs(STALE_PENDING, {"p_older_than_seconds": older_than_seconds, "p_limit": limit})
+        return self._readable_jobs(
+            self.call(STALE_PENDING, {"p_older_than_seconds": older_than_seconds, "p_limit": limit})
+        )
 
     def next_due_in(self, *, job_types: Sequence[str] | None = None) -> float | None:
         """Seconds until the earliest pending job of these types is due (<= 0: now),
@@ -362,3 +495,24 @@ class JobStore(ABC):
         """How delayed and retried jobs get started on time (Supabase Cron or nothing),
         and what is wrong with it. One call; health uses it as its database check."""
         return WakeupStatus.model_validate(self.call(WAKEUP_STATUS, {}))
+
+    # -- alerts --------------------------------------------------------------------
+
+    def evaluate_alerts(self, thresholds: Mapping[str, Any]) -> list[AlertNotice]:
+        """Open, refresh and resolve alert incidents in SQL; returns the openings and
+        resolutions still to be notified, held for this caller for 60 s."""
+        rows = self.call(EVALUATE_ALERTS, {"p_thresholds": Json(dict(thresholds))})
+        return [AlertNotice.model_validate(row) for row in rows]
+
+    def mark_alert_notified(self, alert_id: UUID, event: AlertEvent, *, delivered: bool) -> bool:
+        """Delivered: never sent again. Not delivered: released for the next sweep."""
+        return bool(
+            self.call(MARK_ALERT_NOTIFIED, {"p_alert_id": alert_id, "p_event": event, "p_delivered": delivered})
+        )
+
+    def alerts(self, *, resolved_within: timedelta = timedelta(hours=24), limit: int = 100) -> list[Alert]:
+        """Open incidents, then those resolved within `resolved_within`, newest first."""
+        rows = self.call(
+            ALERTS, {"p_resolved_within_seconds": int(resolved_within.total_seconds()), "p_limit": limit}
+        )
+        return [Alert.model_validate(row) for row in rows]

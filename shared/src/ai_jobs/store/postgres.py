@@ -73,7 +73,7 @@ class PostgresStore(JobStore):
             if exc.sqlstate is None:  # connection trouble, pool timeout
                 raise StoreUnavailableError(f"database unavailable: {exc}") from exc
             raise error_from_sqlstate(
-                exc.sqlstate, diag.message_primary or str(exc), diag.message_hint
+                exc.sqlstate, diag.message_primary or str(exc), diag.message_hint, diag.message_detail
             ) from exc
         if function.returns_set:
             return rows

@@ -63,7 +63,7 @@ class SupabaseStore(JobStore):
         try:
             response = self._client.rpc(function.name, payload).execute()
         except APIError as exc:
-            raise error_from_sqlstate(exc.code, exc.message or str(exc), exc.hint) from exc
+            raise error_from_sqlstate(exc.code, exc.message or str(exc), exc.hint, exc.details) from exc
         except httpx.HTTPError as exc:
             raise StoreUnavailableError(f"Supabase unreachable: {exc}") from exc
         return response.data
