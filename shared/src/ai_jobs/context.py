@@ -32,13 +32,35 @@ class ContinuationNeeded(Exception):
     """Raised when the invocation's remaining budget cannot fit another step."""
 
 
+class Deferred(Exception):
+    """Raised when the job has to wait (a shared rate limit is full): the runner puts
+    it back to pending `delay_seconds` from now without spending an attempt or
+    recording an error; completed steps stay. `message` tells the owner why."""
+
+    def __init__(self, delay_seconds: float, *, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.delay_seconds = max(0.0, delay_seconds)
+        self.reason = reason
+        self.message = message
+
+
 def add_usage(total: dict[str, Any], delta: Mapping[str, Any]) -> None:
-    """Sum numbers key by key; other values (model name) take the newest."""
+    """Sum numbers key by key; other values (model name) take the newest. None never
+    overwrites: an unpriced call's `cost_usd: None` leaves the sum of the priced ones,
+    and its `unpriced_requests`/`cost_complete: false` say the sum is partial (the SQL
+    merge, ai_jobs_usage_add, treats a JSON null as a value and would drop the sum)."""
     for key, value in delta.items():
+        if value is None:
+            continue
         if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(total.get(key, 0), (int, float)):
             total[key] = total.get(key, 0) + value
         else:
             total[key] = value
+
+
+def _cost(usage: Mapping[str, Any]) -> float:
+    value = usage.get("cost_usd")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 class JobContext:
@@ -64,6 +86,9 @@ class JobContext:
         self._stopping = stopping or threading.Event()
         self.checkpoints: dict[str, Any] = dict(job.checkpoints)
         self._usage: dict[str, Any] = {}
+        # Claude cost recorded on the job (all attempts) plus what this invocation added:
+        # the spend guard compares it with the job's cap before each call.
+        self._spent_usd = _cost(job.usage)
         self._cancel_requested = job.cancel_requested_at is not None
         self._lease_lost = threading.Event()
         self._lock = threading.Lock()
@@ -99,12 +124,34 @@ class JobContext:
         """Seconds left in this invocation's budget (None: unlimited)."""
         return None if self.deadline is None else self.deadline - self._clock()
 
+    @property
+    def steps_run(self) -> int:
+        """Steps run (not loaded from a checkpoint) in this invocation: once one has,
+        a new invocation would give the job more time than is left in this one."""
+        return self._steps_run
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep in place (a short rate-limit wait), checking for a cancel request
+        every half second. False, early, when the worker is shutting down."""
+        end = time.monotonic() + max(0.0, seconds)
+        while (left := end - time.monotonic()) > 0:
+            if self._stopping.wait(min(left, 0.5)):
+                return False
+            self.check_cancelled()
+        return not self._stopping.is_set()
+
     # -- usage ----------------------------------------------------------------------
 
     def add_usage(self, usage: Mapping[str, Any]) -> None:
         """Record tokens and cost; saved with the next checkpoint or the final status."""
         with self._lock:
             add_usage(self._usage, usage)
+            self._spent_usd += _cost(usage)
+
+    @property
+    def spent_usd(self) -> float:
+        """Claude cost recorded for this job so far, this invocation included."""
+        return self._spent_usd
 
     def take_usage(self) -> dict[str, Any]:
         with self._lock:

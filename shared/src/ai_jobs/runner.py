@@ -20,13 +20,13 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from ai_jobs.context import ContinuationNeeded, JobCancelled, JobContext
+from ai_jobs.context import ContinuationNeeded, Deferred, JobCancelled, JobContext
 from ai_jobs.errors import AiJobsError, LeaseLostError
 from ai_jobs.failures import FatalJobError, JobFailure, RetryableJobError
 from ai_jobs.heartbeat import Heartbeater
 from ai_jobs.models import Job
 from ai_jobs.redaction import describe_exception, redacted
-from ai_jobs.registry import InputValidationError, JobRegistry, registry as default_registry
+from ai_jobs.registry import InputValidationError, JobRegistry, UnknownJobTypeError, registry as default_registry
 from ai_jobs.store.base import JobStore
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,13 @@ log = logging.getLogger(__name__)
 COMPLETE_DELAY = 0.1  # seconds a finished job may wait for its batch's completion write
 WAIT_POLL_SECONDS = 1.0  # an idle runner waiting for due work re-checks at least this often
 WAIT_MIN_SECONDS = 0.05
+# Due work that no claim can take (a concurrency limit is full, or another claimer holds
+# it) is retried with backoff this many times (about 2.5 s), then left to the workers
+# whose running jobs free the slots, and to the sweep.
+DUE_BUT_UNCLAIMABLE_RETRIES = 6
 RUNNER_MIN_REMAINING_SECONDS = 5.0  # no job starts with less budget than this left
 
-OutcomeKind = Literal["completed", "failed", "retrying", "cancelled", "continued", "lost"]
+OutcomeKind = Literal["completed", "failed", "retrying", "cancelled", "continued", "deferred", "lost"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ class Runner:
         deadline = None if budget_seconds is None else self.clock() + budget_seconds
         outcomes: list[Outcome] = []
         first = job_id
+        due_misses = 0  # consecutive empty claims while work was due
         while max_jobs is None or len(outcomes) < max_jobs:
             if self.stopping.is_set():
                 break
@@ -105,9 +110,12 @@ class Runner:
                 continue
             first = None
             if not claimed:
-                if wait_for_due and self._wait_for_due(deadline, min_remaining_seconds):
-                    continue
-                break
+                misses = self._wait_for_due(deadline, min_remaining_seconds, due_misses) if wait_for_due else None
+                if misses is None:
+                    break
+                due_misses = misses
+                continue
+            due_misses = 0
             contexts = [self._context(job, deadline) for job in claimed]
             for ctx in contexts:
                 self.heartbeater.track(ctx)
@@ -138,21 +146,29 @@ class Runner:
                 break  # the budget is spent: leave the rest to the next invocation
         return outcomes
 
-    def _wait_for_due(self, deadline: float | None, min_remaining_seconds: float) -> bool:
+    def _wait_for_due(self, deadline: float | None, min_remaining_seconds: float, due_misses: int = 0) -> int | None:
         """Sleep until the next pending job is due, if that is within the budget.
         Re-checks at least every WAIT_POLL_SECONDS, so work enqueued meanwhile (or a
-        job another worker took) is noticed. False: nothing due in time, or stopping."""
+        job another worker took) is noticed. Returns the count of consecutive waits
+        for work that was already due, or None: nothing due in time, the due work
+        stayed unclaimable too long, or stopping."""
         if deadline is None:
-            return False  # the long-lived worker loop polls on its own
+            return None  # the long-lived worker loop polls on its own
         usable = deadline - self.clock() - min_remaining_seconds
         if usable <= 0:
-            return False
+            return None
         due_in = self.store.next_due_in(job_types=self.registry.types())
         if due_in is None or due_in > usable:
-            return False
-        # due now but not claimable (locked by a concurrent claim): back off briefly
-        pause = min(max(due_in, WAIT_MIN_SECONDS), WAIT_POLL_SECONDS, usable)
-        return not self.stopping.wait(pause)
+            return None
+        if due_in > 0:
+            pause, misses = min(due_in, WAIT_POLL_SECONDS, usable), 0
+        else:
+            # due now but not claimable: a concurrent claim holds it, or its concurrency
+            # limit is full (the worker whose job ends claims next); back off, then leave
+            if due_misses >= DUE_BUT_UNCLAIMABLE_RETRIES:
+                return None
+            pause, misses = min(WAIT_MIN_SECONDS * 2**due_misses, WAIT_POLL_SECONDS, usable), due_misses + 1
+        return None if self.stopping.wait(max(pause, WAIT_MIN_SECONDS)) else misses
 
     def _context(self, job: Job, deadline: float | None) -> JobContext:
         return JobContext(
@@ -226,6 +242,9 @@ class Runner:
             )
         except JobCancelled:
             ctx.flush_progress()
+            waiting = self._on_cancel(job, ctx)
+            if waiting is not None:
+                return waiting
             self.store.mark_cancelled(job.id, self.worker_id, usage=ctx.take_usage())
             return Outcome(job.id, job.job_type, "cancelled")
         except ContinuationNeeded as why:
@@ -238,10 +257,21 @@ class Runner:
                 except Exception:  # noqa: BLE001 - the sweeper re-dispatches anything missed
                     log.exception("job %s: continuation request failed; the sweeper will pick it up", job.id)
             return Outcome(job.id, job.job_type, "continued")
+        except Deferred as why:
+            # waiting (a full rate limit) is not a failure: no attempt spent, no error
+            ctx.flush_progress()
+            self.store.defer(
+                job.id, self.worker_id, delay_seconds=why.delay_seconds, reason=why.reason,
+                message=why.message, usage=ctx.take_usage(),
+            )
+            log.info("job %s: deferred %.1f s (%s)", job.id, why.delay_seconds, why.reason)
+            return Outcome(job.id, job.job_type, "deferred")
         except LeaseLostError:
             raise
         except InputValidationError as exc:
             return self._fail(job, ctx, FatalJobError("invalid_input", f"{exc.message}: {exc.errors}"))
+        except UnknownJobTypeError as exc:  # a row of a type this deployment does not serve: retrying cannot help
+            return self._fail(job, ctx, FatalJobError(exc.code, exc.message))
         except ValidationError as exc:
             return self._fail(
                 job, ctx, FatalJobError("invalid_output", f"handler returned output that does not match its model: {exc}")
@@ -260,6 +290,32 @@ class Runner:
         else:
             self.store.complete(job.id, self.worker_id, result.model_dump(mode="json"), usage=ctx.take_usage())
         return Outcome(job.id, job.job_type, "completed")
+
+    def _on_cancel(self, job: Job, ctx: JobContext) -> Outcome | None:
+        """Let the job type release what it holds outside the queue (a Claude Message
+        Batch) before the job is marked cancelled. It may ask to be called again later
+        (Deferred: the job stays pending, cancel still requested); its failure is logged
+        and does not keep the job from ending cancelled."""
+        try:
+            hook = self.registry.get(job.job_type).on_cancel
+        except UnknownJobTypeError:
+            return None
+        if hook is None:
+            return None
+        try:
+            hook(ctx)
+        except Deferred as why:
+            self.store.defer(
+                job.id, self.worker_id, delay_seconds=why.delay_seconds, reason=why.reason,
+                message=why.message, usage=ctx.take_usage(),
+            )
+            log.info("job %s: cancel waits %.1f s (%s)", job.id, why.delay_seconds, why.reason)
+            return Outcome(job.id, job.job_type, "deferred")
+        except LeaseLostError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - cleanup is best effort; the cancel still happens
+            log.error("job %s: cancel clean-up failed: %s", job.id, describe_exception(exc))
+        return None
 
     def _fail(self, job: Job, ctx: JobContext, failure: JobFailure) -> Outcome:
         try:

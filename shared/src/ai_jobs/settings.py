@@ -9,6 +9,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator
 
+from ai_jobs.alerts import AlertSettings
+from ai_jobs.claude.batches import BatchApiSettings
+from ai_jobs.claude.caching import PromptCacheSettings
+from ai_jobs.claude.pricing import ModelPrice, parse_overrides
+from ai_jobs.claude.ratelimits import RateLimits
+from ai_jobs.claude.spend import SpendSettings
+
 StoreKind = Literal["auto", "postgres", "supabase", "embedded"]
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s@]+")
 
@@ -27,6 +34,13 @@ class Settings(BaseModel):
     supabase_service_key: str | None = None
     data_dir: Path = Path(".ai-jobs")
     max_active_per_user: int = Field(default=20, ge=1)
+    # Running-job limits checked by the claim, unless a job type sets its own; 0: none.
+    user_concurrency: int = Field(default=3, ge=0, le=10000)
+    org_concurrency: int = Field(default=5, ge=0, le=10000)
+    key_concurrency: int = Field(default=2, ge=0, le=10000)
+    # Where the organization id is in the access token (dotted path); "" : no org limits.
+    org_claim: str = Field(default="app_metadata.org_id", pattern=r"^([A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*)?$",
+                           max_length=200)
     lease_seconds: int = Field(default=30, ge=1, le=3600)
     pool_max_size: int = Field(default=10, ge=1, le=100)
     # Connect / wait-for-connection / REST timeout: a down database answers 503 fast.
@@ -36,6 +50,10 @@ class Settings(BaseModel):
     jwt_secret: str | None = None
     jwks_url: str | None = None
     jwt_audience: str = "authenticated"
+    # How long the JWKS key set is cached: a key removed from it stops working within this.
+    jwks_cache_seconds: float = Field(default=600, gt=0, le=86400)
+    # Supabase anonymous sign-ins (is_anonymous: true) are refused unless allowed.
+    allow_anonymous: bool = False
     # Internal endpoints.
     worker_secret: str | None = None
     cron_secret: str | None = None
@@ -53,6 +71,33 @@ class Settings(BaseModel):
     # Browser origins allowed to call the public /api routes cross-origin ("*": any);
     # empty: same-origin only. Exact origins, as browsers send them in Origin.
     cors_origins: tuple[str, ...] = ()
+    # Claude per-minute limits shared by all workers (AI_JOBS_RATE_LIMITS, JSON). Checked
+    # here so a typo stops start-up; workers read the same variable when they call Claude.
+    rate_limits: RateLimits = Field(default_factory=RateLimits)
+    # Alerts evaluated by the sweep (AI_JOBS_ALERTS, AI_JOBS_ALERT_*; see ai_jobs.alerts).
+    alerts: AlertSettings = Field(default_factory=AlertSettings)
+    # Prompt caching (AI_JOBS_PROMPT_CACHE*) and the Message Batches API for large
+    # ai.map_batches jobs (AI_JOBS_MAP_BATCH_API_*); workers read the same variables.
+    prompt_cache: PromptCacheSettings = Field(default_factory=PromptCacheSettings)
+    batch_api: BatchApiSettings = Field(default_factory=BatchApiSettings)
+    # Claude spend limits checked at create (AI_JOBS_MODELS, AI_JOBS_MAX_TOKENS,
+    # AI_JOBS_MAX_CALLS_PER_JOB, AI_JOBS_MAX_JOB_COST_USD, AI_JOBS_USER_DAILY_BUDGET_USD,
+    # AI_JOBS_ALLOW_UNPRICED_MODELS; see ai_jobs.claude.spend); workers read the same variables.
+    spend: SpendSettings = Field(default_factory=SpendSettings)
+
+    # Claude prices per exact model id (AI_JOBS_PRICES, JSON) replacing or adding to the
+    # built-in table; checked here so a malformed value stops start-up, not a paid call.
+    price_overrides: dict[str, ModelPrice] = Field(default_factory=dict)
+
+    @field_validator("price_overrides", mode="before")
+    @classmethod
+    def _parse_prices(cls, value: object) -> object:
+        return parse_overrides(value) if isinstance(value, str) else value
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _parse_rate_limits(cls, value: object) -> object:
+        return RateLimits.parse(value) if isinstance(value, str) else value
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -105,6 +150,8 @@ class Settings(BaseModel):
             "jwt_secret": "SUPABASE_JWT_SECRET",
             "jwks_url": "SUPABASE_JWKS_URL",
             "jwt_audience": "AI_JOBS_JWT_AUDIENCE",
+            "jwks_cache_seconds": "AI_JOBS_JWKS_CACHE_SECONDS",
+            "allow_anonymous": "AI_JOBS_ALLOW_ANONYMOUS",
             "worker_secret": "WORKER_SECRET",
             "cron_secret": "CRON_SECRET",
             "worker_url": "AI_JOBS_WORKER_URL",
@@ -115,8 +162,13 @@ class Settings(BaseModel):
             "max_input_depth": "AI_JOBS_MAX_INPUT_DEPTH",
             "stale_pending_seconds": "AI_JOBS_STALE_PENDING_SECONDS",
             "cors_origins": "AI_JOBS_CORS_ORIGINS",
+            "rate_limits": "AI_JOBS_RATE_LIMITS",
+            "price_overrides": "AI_JOBS_PRICES",
             "data_dir": "AI_JOBS_DATA_DIR",
             "max_active_per_user": "AI_JOBS_MAX_ACTIVE_PER_USER",
+            "user_concurrency": "AI_JOBS_USER_CONCURRENCY",
+            "org_concurrency": "AI_JOBS_ORG_CONCURRENCY",
+            "key_concurrency": "AI_JOBS_KEY_CONCURRENCY",
             "lease_seconds": "AI_JOBS_LEASE_SECONDS",
             "pool_max_size": "AI_JOBS_POOL_MAX_SIZE",
             "db_timeout_seconds": "AI_JOBS_DB_TIMEOUT_SECONDS",
@@ -124,6 +176,12 @@ class Settings(BaseModel):
         for field, name in optional.items():
             if env.get(name):
                 values[field] = env[name]
+        if "AI_JOBS_ORG_CLAIM" in env:  # set but empty: no organization limits
+            values["org_claim"] = env["AI_JOBS_ORG_CLAIM"].strip()
+        values["alerts"] = AlertSettings.from_env(env)
+        values["prompt_cache"] = PromptCacheSettings.from_env(env)
+        values["batch_api"] = BatchApiSettings.from_env(env)
+        values["spend"] = SpendSettings.from_env(env)
         return cls.model_validate(values)
 
     def resolved_store(self) -> Literal["postgres", "supabase", "embedded"]:
