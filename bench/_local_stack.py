@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+# Benchmarks (and the tests that share this module) run example.countdown and
+# bench.noop, in this process and in the workers they start.
+os.environ.setdefault("AI_JOBS_DEMO_JOB_TYPES", "1")
 
 
 @dataclass

@@ -62,7 +62,8 @@ class CrashReport:
 
 
 def _worker(database_url: str, lease: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "DATABASE_URL": database_url, "AI_JOBS_STORE": "postgres", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "DATABASE_URL": database_url, "AI_JOBS_STORE": "postgres", "PYTHONPATH": str(REPO),
+           "AI_JOBS_DEMO_JOB_TYPES": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "ai_jobs.cli", "worker", "--lease-seconds", str(lease), "--poll-interval", "0.05"],
         env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -1,5 +1,5 @@
 """`bench.noop`: a job that does nothing, for throughput benchmarks
-(AI_JOBS_JOB_MODULES=bench.noop_jobs)."""
+(AI_JOBS_JOB_MODULES=bench.noop_jobs, with AI_JOBS_DEMO_JOB_TYPES=1)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,6 @@ class NoopOutput(BaseModel):
     n: int
 
 
-@job("bench.noop", input=NoopInput, output=NoopOutput, max_attempts=3)
+@job("bench.noop", input=NoopInput, output=NoopOutput, max_attempts=3, demo=True)
 def noop(data: NoopInput, ctx: JobContext) -> NoopOutput:
     return NoopOutput(n=data.n)

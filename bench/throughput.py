@@ -179,6 +179,7 @@ class AiJobs(System):
             "DATABASE_URL": app_uri,
             "AI_JOBS_STORE": "postgres",
             "AI_JOBS_JOB_MODULES": "bench.noop_jobs",
+            "AI_JOBS_DEMO_JOB_TYPES": "1",  # bench.noop is a demo type
         })
         return env
 

@@ -53,6 +53,7 @@ def start_server(database_url: str, *, port: int = 0, sweep_interval: float = 0,
             "CRON_SECRET": CRON_SECRET,
             "PYTHONPATH": str(REPO),
             "PYTHONUNBUFFERED": "1",
+            "AI_JOBS_DEMO_JOB_TYPES": "1",  # the tests create example.countdown jobs
         }
     )
     env.update(env_overrides)

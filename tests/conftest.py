@@ -19,6 +19,10 @@ from ai_jobs.store.base import JobStore
 from ai_jobs.store.postgres import PostgresStore
 from tests.postgrest_emulator import PostgrestEmulator
 
+# The suite (and every server or worker it starts) uses the demo job types; tests of a
+# production deployment pass demo=False or unset it.
+os.environ.setdefault("AI_JOBS_DEMO_JOB_TYPES", "1")
+
 SUPABASE_URL = "https://test-project.supabase.co"
 JWT_SECRET = "test-jwt-secret-with-at-least-32-characters!"
 

@@ -16,7 +16,7 @@ from ai_jobs.errors import AiJobsError
 from ai_jobs.http import handlers
 from ai_jobs.http.cors import install_cors
 from ai_jobs.http.flask_io import problem_response
-from ai_jobs.http.problems import Problem, problem_from_error
+from ai_jobs.http.problems import MAX_AUTHORIZATION_BYTES, MAX_HEADER_BYTES, Problem, problem_from_error
 from ai_jobs.http.services import Services
 from ai_jobs.resources import public_dir
 
@@ -47,11 +47,24 @@ def _view(handler: Handler) -> Callable[..., Response]:
     return view
 
 
+def _check_header_sizes() -> None:
+    """431 problem+json for an oversized Authorization header or header block, before
+    any token is parsed or body read."""
+    authorization = request.headers.get("Authorization", "")
+    if len(authorization) > MAX_AUTHORIZATION_BYTES:
+        raise Problem(431, "header_too_large",
+                      f"the Authorization header is {len(authorization)} bytes; the limit is {MAX_AUTHORIZATION_BYTES}")
+    total = sum(len(name) + len(value) + 4 for name, value in request.headers.items())  # "name: value\r\n"
+    if total > MAX_HEADER_BYTES:
+        raise Problem(431, "header_too_large", f"the request headers are {total} bytes; the limit is {MAX_HEADER_BYTES}")
+
+
 def create_app(services: Services | None = None, *, serve_public: bool = False) -> Flask:
     """One app per process; `services` defaults to Settings from the environment."""
     app = Flask(__name__, static_folder=None)
     services = services or Services()
     app.extensions["ai_jobs"] = services
+    app.before_request(_check_header_sizes)  # first: before CORS and every route
     install_cors(app, services.settings.cors_origins)
     for method, path, handler in ROUTES:
         app.add_url_rule(path, endpoint=f"{method} {path}", view_func=_view(handler), methods=[method])

@@ -1,6 +1,8 @@
 """Verify Supabase access tokens locally: asymmetric keys from the project's
-JWKS (fetched once and cached) or the legacy HS256 JWT secret. No network
-round trip per request; expiry, audience and role are checked."""
+JWKS (the key set cached for AI_JOBS_JWKS_CACHE_SECONDS, so a key removed from
+it stops working within that time) or the legacy HS256 JWT secret. No network
+round trip per request; the token's `alg` must match its key, and expiry,
+audience, role and (unless allowed) Supabase anonymous sign-ins are checked."""
 
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from ai_jobs.http.problems import Problem
 
 ASYMMETRIC_ALGORITHMS = ("RS256", "ES256", "EdDSA")
 SYMMETRIC_ALGORITHMS = ("HS256",)
+# An unknown `kid` refetches the key set at most this often (and never more often
+# than the cache lifetime), so random kids cannot make us hammer the JWKS endpoint.
+JWKS_REFETCH_SECONDS = 30.0
 
 
 class Principal(BaseModel):
@@ -49,18 +54,45 @@ class TokenVerifier:
         audience: str = "authenticated",
         issuer: str | None = None,
         leeway_seconds: int = 30,
-        jwks_cache_seconds: int = 600,
+        jwks_cache_seconds: float = 600,
         jwks_timeout_seconds: float = 2.5,
+        jwks_refetch_seconds: float = JWKS_REFETCH_SECONDS,
+        allow_anonymous: bool = False,
     ) -> None:
         if not jwt_secret and not jwks_url:
             raise ValueError("token verification needs SUPABASE_JWT_SECRET or a JWKS URL")
         self._secret = jwt_secret
+        # The key *set* is cached with a lifespan; no per-key cache (cache_keys=True
+        # would keep every key ever seen, even after it left the JWKS).
         self._jwks = jwt.PyJWKClient(
-            jwks_url, cache_keys=True, lifespan=jwks_cache_seconds, timeout=jwks_timeout_seconds
+            jwks_url,
+            cache_keys=False,
+            cache_jwk_set=True,
+            lifespan=jwks_cache_seconds,
+            timeout=jwks_timeout_seconds,
+            cooldown_duration=min(jwks_refetch_seconds, jwks_cache_seconds),
         ) if jwks_url else None
         self.audience = audience
         self.issuer = issuer
         self.leeway = leeway_seconds
+        self.allow_anonymous = allow_anonymous
+
+    def _signing_key(self, token: str, alg: str) -> Any:
+        """The JWKS key the token names, which must be for the token's own `alg`."""
+        assert self._jwks is not None
+        try:
+            jwk = self._jwks.get_signing_key_from_jwt(token)
+        except jwt.PyJWKClientConnectionError as exc:
+            # the token may be fine: we cannot check it now (503, not 401)
+            raise Problem(503, "auth_keys_unavailable", f"could not fetch the project's signing keys: {exc}") from None
+        except ValueError as exc:  # the endpoint answered something that is not JSON
+            raise Problem(503, "auth_keys_unavailable", f"the project's signing keys are unreadable: {exc}") from None
+        except jwt.PyJWTError as exc:
+            raise unauthorized(f"no signing key for this token: {exc}") from None
+        if jwk.algorithm_name != alg:
+            # e.g. an RS256 header naming an EC key: never let the header pick how a key is used
+            raise unauthorized(f"token algorithm {alg!r} does not match its key's algorithm {jwk.algorithm_name!r}")
+        return jwk
 
     def verify(self, token: str) -> Principal:
         try:
@@ -68,16 +100,12 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise unauthorized(f"malformed access token: {exc}") from None
         alg = header.get("alg")
+        if not isinstance(alg, str):
+            raise unauthorized(f"unsupported token algorithm {alg!r}")
         if alg in SYMMETRIC_ALGORITHMS and self._secret:
             key: Any = self._secret
         elif alg in ASYMMETRIC_ALGORITHMS and self._jwks is not None:
-            try:
-                key = self._jwks.get_signing_key_from_jwt(token).key
-            except jwt.PyJWKClientConnectionError as exc:
-                # the token may be fine: we cannot check it now (503, not 401)
-                raise Problem(503, "auth_keys_unavailable", f"could not fetch the project's signing keys: {exc}") from None
-            except jwt.PyJWKClientError as exc:
-                raise unauthorized(f"no signing key for this token: {exc}") from None
+            key = self._signing_key(token, alg)
         else:
             raise unauthorized(f"unsupported token algorithm {alg!r}")
         try:
@@ -96,8 +124,14 @@ class TokenVerifier:
             raise unauthorized(f"access token audience must be {self.audience!r}") from None
         except jwt.PyJWTError as exc:
             raise unauthorized(f"invalid access token: {exc}") from None
+        except (TypeError, ValueError) as exc:  # a key PyJWT cannot use for this token: still the token's fault
+            raise unauthorized(f"invalid access token: {type(exc).__name__}") from None
         if claims.get("role") != "authenticated":
             raise unauthorized("access token must belong to a signed-in user (role 'authenticated')")
+        if claims.get("is_anonymous") is True and not self.allow_anonymous:
+            # Supabase anonymous sign-ins get role 'authenticated' too
+            raise Problem(403, "anonymous_not_allowed",
+                          "anonymous users may not use this API; sign in (or set AI_JOBS_ALLOW_ANONYMOUS=1)")
         try:
             user_id = UUID(str(claims["sub"]))
         except ValueError:

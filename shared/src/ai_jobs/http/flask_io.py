@@ -67,14 +67,30 @@ def _not_json(constant: str) -> Any:
     raise ValueError(f"{constant} is not a JSON value")
 
 
-def read_json(request: Request, model: type[M], *, max_bytes: int, max_depth: int, allow_empty: bool = False) -> M:
-    """The body as `model`, or a 4xx Problem that says exactly what is wrong."""
+READ_CHUNK_BYTES = 64 * 1024
+
+
+def read_body(request: Request, max_bytes: int) -> bytes:
+    """At most `max_bytes` of body, read as it arrives: 413 as soon as one byte more
+    comes in, so a chunked (or lying) body never sits in memory whole."""
     length = request.content_length
     if length is not None and length > max_bytes:
         raise Problem(413, "body_too_large", f"request body is {length} bytes; the limit is {max_bytes}")
-    raw = request.get_data(cache=False)
-    if len(raw) > max_bytes:
-        raise Problem(413, "body_too_large", f"request body exceeds {max_bytes} bytes")
+    stream = request.stream  # werkzeug: bounded by Content-Length, or de-chunked
+    parts: list[bytes] = []
+    size = 0
+    while size <= max_bytes:
+        chunk = stream.read(min(READ_CHUNK_BYTES, max_bytes + 1 - size))
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        size += len(chunk)
+    raise Problem(413, "body_too_large", f"request body exceeds {max_bytes} bytes")
+
+
+def read_json(request: Request, model: type[M], *, max_bytes: int, max_depth: int, allow_empty: bool = False) -> M:
+    """The body as `model`, or a 4xx Problem that says exactly what is wrong."""
+    raw = read_body(request, max_bytes)
     if not raw.strip():
         if allow_empty:
             return model()

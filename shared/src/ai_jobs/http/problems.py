@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ai_jobs.claude.spend import BUDGET_RETRY_AFTER_SECONDS, SpendLimitError
 from ai_jobs.errors import (
     ActiveJobLimitError,
     AiJobsError,
+    BudgetExceededError,
     IdempotencyConflictError,
     InvalidArgumentError,
     JobNotFoundError,
@@ -35,8 +37,11 @@ class Problem(Exception):
         title: str | None = None,
         errors: Sequence[Mapping[str, Any]] | None = None,
         headers: Mapping[str, str] | None = None,
+        extensions: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(detail)
+        # RFC 9457 extension members (e.g. the figures of a spend limit), next to the standard ones.
+        self.extensions = {k: v for k, v in (extensions or {}).items() if v is not None}
         self.status = status
         self.code = code
         self.detail = detail
@@ -54,6 +59,8 @@ class Problem(Exception):
         }
         if self.errors:
             body["errors"] = self.errors
+        for key, value in self.extensions.items():
+            body.setdefault(key, value)
         return body
 
 
@@ -65,14 +72,19 @@ TITLES = {
     405: "Method Not Allowed",
     409: "Conflict",
     413: "Content Too Large",
+    414: "URI Too Long",
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
     429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
 ACTIVE_LIMIT_RETRY_AFTER_SECONDS = 10
+# Request header limits (431 header_too_large), checked before anything else.
+MAX_AUTHORIZATION_BYTES = 8 * 1024
+MAX_HEADER_BYTES = 32 * 1024
 
 
 def field_errors(errors: Sequence[Mapping[str, Any]], prefix: Sequence[str | int] = ()) -> list[dict[str, Any]]:
@@ -104,6 +116,17 @@ def problem_from_error(exc: AiJobsError) -> Problem:
         return Problem(
             429, exc.code, f"{exc.message}; {exc.hint or ''}".rstrip("; "),
             headers={"Retry-After": str(ACTIVE_LIMIT_RETRY_AFTER_SECONDS)},
+        )
+    if isinstance(exc, SpendLimitError):
+        errors = [{"field": exc.field, "message": exc.message, "type": exc.code}] if exc.field else None
+        return Problem(422, exc.code, exc.message, errors=errors, extensions=exc.facts)
+    if isinstance(exc, BudgetExceededError):
+        retry_after = exc.retry_after_seconds or BUDGET_RETRY_AFTER_SECONDS
+        facts = {**exc.facts, "daily_budget_usd": exc.facts.get("budget_usd"), "retry_after_seconds": retry_after}
+        facts.pop("budget_usd", None)
+        return Problem(
+            429, exc.code, f"{exc.message}; {exc.hint or ''}".rstrip("; "),
+            headers={"Retry-After": str(retry_after)}, extensions=facts,
         )
     if isinstance(exc, IdempotencyConflictError):
         return Problem(422, exc.code, exc.message)

@@ -45,6 +45,8 @@ class Services:
             audience=s.jwt_audience,
             issuer=s.jwt_issuer(),
             jwks_timeout_seconds=s.db_timeout_seconds,
+            jwks_cache_seconds=s.jwks_cache_seconds,
+            allow_anonymous=s.allow_anonymous,
         )
 
     @cached_property

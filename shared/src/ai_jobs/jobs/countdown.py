@@ -1,16 +1,20 @@
 """`example.countdown`: a job with steps and no API call, for the quickstart,
-demos, tests and benchmarks."""
+demos, tests and benchmarks. A demo type: served only with
+AI_JOBS_DEMO_JOB_TYPES=1 (`ai-jobs dev` sets it), and at most 10 minutes of sleep."""
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from ai_jobs.context import JobContext
 from ai_jobs.failures import FatalJobError, RetryableJobError
 from ai_jobs.registry import job
+
+
+MAX_TOTAL_SLEEP_SECONDS = 600
 
 
 class CountdownInput(BaseModel):
@@ -19,13 +23,23 @@ class CountdownInput(BaseModel):
     fail_at_step: int | None = Field(default=None, ge=1, description="fail when this step runs")
     fail_retryable: bool = Field(default=False, description="whether that failure is retried")
 
+    @model_validator(mode="after")
+    def _bounded_sleep(self) -> CountdownInput:
+        """A worker sleeping for a demo is a worker not running real jobs."""
+        if self.steps * self.step_seconds > MAX_TOTAL_SLEEP_SECONDS:
+            raise ValueError(
+                f"steps * step_seconds is {self.steps * self.step_seconds:g} s; "
+                f"the most a countdown may sleep is {MAX_TOTAL_SLEEP_SECONDS} s"
+            )
+        return self
+
 
 class CountdownOutput(BaseModel):
     steps_completed: int
     finished_at: datetime
 
 
-@job("example.countdown", input=CountdownInput, output=CountdownOutput, max_attempts=3)
+@job("example.countdown", input=CountdownInput, output=CountdownOutput, max_attempts=3, demo=True)
 def countdown(data: CountdownInput, ctx: JobContext) -> CountdownOutput:
     """Counts through the given number of steps, sleeping step_seconds in each and checkpointing every step."""
 
