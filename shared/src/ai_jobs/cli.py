@@ -228,6 +228,7 @@ def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
             None,
             stale_pending_seconds=settings.stale_pending_seconds,
             budget_seconds=args.budget,
+            alerts=settings.alerts,
         )
     print(report.model_dump_json(indent=2))
     return 0
@@ -335,7 +336,8 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
 
     with open_store(settings) as store:
         user_id = ensure_user(settings.database_url, args.user) if settings.database_url else uuid.UUID(args.user)
-        result = submit_job(store, user_id, args.type, payload, settings=settings, priority=args.priority)
+        result = submit_job(store, user_id, args.type, payload, settings=settings, priority=args.priority,
+                            org_id=args.org, concurrency_key=args.concurrency_key)
         print(f"{'enqueued' if result.created else 'existing'} {result.job.id}", flush=True)
         if result.created:
             _hand_off(settings, result.job.id)
@@ -418,32 +420,57 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
+    """Queue depth, 24 h statistics and alerts: tables on a terminal; piped, plain
+    tab-separated lines under each section's title (no colours, no box drawing)."""
     from rich.console import Console
     from rich.table import Table
 
+    from ai_jobs.alerts import format_value
     from ai_jobs.store import open_store
 
     with open_store(_local(settings)) as store:
         depth = store.queue_depth()
         stats = store.stats_24h()
+        alerts = store.alerts()
     console = Console()
-    table = Table(title="Queue depth")
-    for col in ("type", "status", "jobs", "oldest due"):
-        table.add_column(col, no_wrap=col == "type")
-    for row in depth:
-        table.add_row(row.job_type, row.status.value, str(row.jobs), str(row.oldest_run_at or ""))
-    console.print(table)
-    table = Table(title="Last 24 h")
-    for col in ("type", "completed", "failed", "cancelled", "failure rate", "p50 s", "p95 s"):
-        table.add_column(col, no_wrap=col == "type")
+
+    def section(title: str, columns: Sequence[str], rows: list[tuple[str, ...]], empty: str | None = None) -> None:
+        if not console.is_terminal:
+            print(title)
+            print("\t".join(columns))
+            for row in rows:
+                print("\t".join(row))
+            print()
+            return
+        if not rows and empty:
+            console.print(f"[bold]{title}[/]: {empty}")
+            return
+        table = Table(title=title)
+        for col in columns:
+            table.add_column(col, no_wrap=col == "type")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
 
     def fmt(value: float | None) -> str:
         return "" if value is None else f"{value:.2f}"
 
-    for s in stats:
-        table.add_row(s.job_type, str(s.completed), str(s.failed), str(s.cancelled),
-                      fmt(s.failure_rate), fmt(s.p50_run_seconds), fmt(s.p95_run_seconds))
-    console.print(table)
+    def when(value: Any) -> str:
+        return "" if value is None else value.isoformat(timespec="seconds")
+
+    section("Queue depth", ("type", "status", "jobs", "oldest due"),
+            [(r.job_type, r.status.value, str(r.jobs), when(r.oldest_run_at)) for r in depth])
+    section("Last 24 h", ("type", "completed", "failed", "cancelled", "failure rate", "p50 s", "p95 s"),
+            [(s.job_type, str(s.completed), str(s.failed), str(s.cancelled),
+              fmt(s.failure_rate), fmt(s.p50_run_seconds), fmt(s.p95_run_seconds)) for s in stats])
+    section("Alerts (open, and resolved in the last 24 h)",
+            ("type", "alert", "state", "value", "threshold", "opened", "last seen", "resolved", "notified"),
+            [(a.job_type, a.kind, "resolved" if a.resolved_at else "open",
+              format_value(a.kind, a.value), format_value(a.kind, a.threshold),
+              when(a.opened_at), when(a.last_seen_at), when(a.resolved_at),
+              "yes" if (a.resolution_notified_at if a.resolved_at else a.notified_at) else "no")
+             for a in alerts],
+            empty="none")
     return 0
 
 
@@ -494,7 +521,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("type", help="job type, e.g. example.countdown")
     p.add_argument("--input", default="{}", help="JSON object")
     p.add_argument("--user", default="dev@localhost", help="owner: email or user id (dev users are created)")
-    p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--priority", type=int, default=None,
+                   help="-1000 to 1000, higher is claimed first (default: the job type's; operators may raise it)")
+    p.add_argument("--org", default=None, help="organization id for the organization concurrency limit")
+    p.add_argument("--concurrency-key", default=None, help="e.g. decision:123 (see the key concurrency limit)")
     p.add_argument("--watch", action="store_true", help="show progress until the job ends")
     p.set_defaults(func=cmd_enqueue)
 
@@ -513,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.set_defaults(func=cmd_cancel)
 
-    p = sub.add_parser("stats", help="queue depth and 24 h statistics")
+    p = sub.add_parser("stats", help="queue depth, 24 h statistics and alerts")
     p.set_defaults(func=cmd_stats)
     return parser
 
@@ -528,10 +558,31 @@ def _working_directory_importable() -> None:
         sys.path.insert(0, cwd)
 
 
+# Commands that run or enqueue jobs: on the embedded (development-only) database they
+# serve the demo types too, so the quickstart's `ai-jobs enqueue example.countdown`
+# works next to `ai-jobs dev`.
+_DEV_DATABASE_COMMANDS = ("enqueue", "worker", "sweep")
+
+
+def _demo_job_types(command: str, settings: Settings) -> None:
+    """`ai-jobs dev` (and job commands on the embedded database) serve the demo job
+    types unless AI_JOBS_DEMO_JOB_TYPES says otherwise; everything else, and every
+    deployment, needs AI_JOBS_DEMO_JOB_TYPES=1 for them."""
+    from ai_jobs.registry import DEMO_JOB_TYPES_ENV
+
+    if command == "dev" or (command in _DEV_DATABASE_COMMANDS and settings.resolved_store() == "embedded"):
+        os.environ.setdefault(DEMO_JOB_TYPES_ENV, "1")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _working_directory_importable()
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:  # pydantic's ValidationError: a malformed setting stops start-up, with what to fix
+        print(f"ai-jobs: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    _demo_job_types(args.command, settings)
     try:
         return int(args.func(args, settings))
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: a message, not a traceback

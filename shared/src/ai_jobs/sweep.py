@@ -1,19 +1,24 @@
 """The periodic sweep (Vercel Cron, pg_cron, or `ai-jobs dev`'s timer):
-recover crashed jobs, re-request missed hand-offs, purge old jobs, and use
-the rest of the invocation to run due jobs itself, so the queue drains even
-when no hand-off gets through."""
+evaluate alerts, recover crashed jobs, re-request missed hand-offs, purge old
+jobs, and use the rest of the invocation to run due jobs itself, so the queue
+drains even when no hand-off gets through."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from ai_jobs.alerts import AlertReport, AlertSettings, run_alerts
 from ai_jobs.dispatch import Dispatcher
+from ai_jobs.errors import StoreUnavailableError
 from ai_jobs.runner import Runner
 from ai_jobs.store.base import JobStore
 
 MAX_DISPATCH_PER_SWEEP = 10
+
+log = logging.getLogger(__name__)
 
 
 class SweepReport(BaseModel):
@@ -21,6 +26,19 @@ class SweepReport(BaseModel):
     redispatched: int
     purged: int
     ran: dict[str, int]
+    alerts_opened: int = Field(description="alert incidents this sweep opened (see README: Alerts)")
+    alerts_resolved: int = Field(description="alert incidents this sweep resolved")
+    alerts_notified: int = Field(description="openings and resolutions posted to AI_JOBS_ALERT_WEBHOOK_URL (2xx)")
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """The store could not be reached at all (connection refused, timeout): the
+    adapters raise StoreUnavailableError from an error that carries no SQLSTATE
+    (psycopg) or PostgREST code, unlike a failing statement."""
+    if not isinstance(exc, StoreUnavailableError):
+        return False
+    cause = exc.__cause__
+    return getattr(cause, "sqlstate", None) is None and getattr(cause, "code", None) is None
 
 
 def sweep(
@@ -30,7 +48,17 @@ def sweep(
     *,
     stale_pending_seconds: int,
     budget_seconds: float | None,
+    alerts: AlertSettings | None = None,
 ) -> SweepReport:
+    # Alerts first: they see the queue as the sweep found it (expired leases not yet
+    # reaped), and their notifications do not wait for the jobs run below.
+    try:
+        alert_report = run_alerts(store, alerts or AlertSettings())
+    except Exception as exc:  # noqa: BLE001 - alerting must never stop the sweep's recovery work
+        if _unreachable(exc):
+            raise  # nothing below could run either: fail now, not after a second timeout
+        log.exception("alert evaluation failed; the sweep goes on")
+        alert_report = AlertReport()
     reaped = store.reap_expired(limit=500)
     redispatched = 0
     if dispatcher is not None and dispatcher.enabled:
@@ -44,4 +72,7 @@ def sweep(
         redispatched=redispatched,
         purged=purged,
         ran=dict(Counter(o.kind for o in outcomes)),
+        alerts_opened=alert_report.opened,
+        alerts_resolved=alert_report.resolved,
+        alerts_notified=alert_report.notified,
     )
