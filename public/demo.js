@@ -233,7 +233,10 @@ function render(job) {
   if (job.status === "completed") {
     $("result").textContent = JSON.stringify(job.result, null, 2);
     const usage = job.usage || {};
-    $("usage").textContent = usage.requests ? `${usage.input_tokens} input + ${usage.output_tokens} output tokens, ~$${(usage.cost_usd || 0).toFixed(4)}` : "";
+    // cost_usd sums the priced calls only; cost_complete: false means some had no known price.
+    const cost = typeof usage.cost_usd === "number" ? `~$${usage.cost_usd.toFixed(4)}` : "cost unknown";
+    const partial = usage.cost_complete === false && typeof usage.cost_usd === "number" ? " + calls without a known price" : "";
+    $("usage").textContent = usage.requests ? `${usage.input_tokens} input + ${usage.output_tokens} output tokens, ${cost}${partial}` : "";
   }
 }
 
