@@ -48,7 +48,15 @@ def retry_at_from_headers(headers: Mapping[str, str], now: datetime | None = Non
 
 def classify(exc: Exception) -> JobFailure:
     import anthropic
+    import httpx2
 
+    # Raised mid-stream, httpx2's own transport errors reach us unwrapped by the SDK.
+    if isinstance(exc, httpx2.TimeoutException):
+        return RetryableJobError("claude_timeout", "Claude stopped sending (read timeout); the job will be retried.")
+    if isinstance(exc, httpx2.TransportError):
+        return RetryableJobError(
+            "claude_stream_interrupted", "The connection to Claude was cut mid-reply; the job will be retried."
+        )
     if isinstance(exc, anthropic.APITimeoutError):
         return RetryableJobError("claude_timeout", "Claude did not answer in time; the job will be retried.")
     if isinstance(exc, anthropic.APIConnectionError):

@@ -21,6 +21,10 @@ class ClaudeSettings(BaseModel):
     # The queue retries with backoff and honours retry-after; SDK retries would
     # sleep inside the invocation (retry-after has no cap there).
     max_retries: int = Field(default=0, ge=0, le=2)
+    # Conservative output speed used to fit a call inside the invocation's budget:
+    # max_tokens is lowered, or the job continues in a new invocation, when
+    # max_tokens / tokens_per_second (plus margins) does not fit the time left.
+    tokens_per_second: float = Field(default=30.0, gt=0, le=10_000)
 
     @classmethod
     def from_env(cls) -> ClaudeSettings:
@@ -33,6 +37,7 @@ class ClaudeSettings(BaseModel):
             "model": "AI_JOBS_MODEL",
             "timeout_seconds": "AI_JOBS_CLAUDE_TIMEOUT",
             "max_retries": "AI_JOBS_CLAUDE_MAX_RETRIES",
+            "tokens_per_second": "AI_JOBS_CLAUDE_TOKENS_PER_SECOND",
         }.items():
             if env.get(name):
                 values[field] = env[name]
