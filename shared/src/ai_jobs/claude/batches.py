@@ -1,0 +1,201 @@
+"""Claude Message Batches: many requests at half price, answered within 24 hours.
+
+A job submits its requests as one Message Batch inside a checkpointed step (so a retry
+never submits twice once the step is recorded), then releases its worker while Claude
+works: `wait_until_ended` raises Deferred (reason `claude_batch`), the runner puts the
+job back to pending with run_at = now + the poll interval, and every wake-up asks
+Anthropic once whether the batch has ended. Results come from the batch's JSONL
+results file, matched to requests by `custom_id`; each one records its usage at the
+Batch API price. Once every result is checkpointed the Message Batch is deleted at
+Anthropic (`delete_batch`), so its prompts and results are not kept there longer than
+needed. A cancel of the job cancels the Message Batch (`cancel_batch`).
+
+Settings (checked at start-up through ai_jobs.settings):
+  AI_JOBS_MAP_BATCH_API_MIN_ITEMS     ai.map_batches jobs with at least this many items
+                                      use the Batch API unless their input says
+                                      use_batch_api: false; 0 (default): only jobs that
+                                      say use_batch_api: true
+  AI_JOBS_MAP_BATCH_API_POLL_SECONDS  how often a waiting job asks (default 60)
+
+Only pydantic and the standard library load at import (the settings import this
+module on the request path); the SDK loads when a worker calls Anthropic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from ai_jobs.context import JobContext
+
+log = logging.getLogger(__name__)
+
+WAIT_REASON = "claude_batch"
+# The step name under which a job checkpoints its SubmittedBatch. The queue knows it:
+# a pending job with this step is not cancelled at once but left to a worker, which
+# calls the job type's on_cancel to cancel the batch (migration 20261130000800).
+STEP = "claude-batch"
+# The API accepts up to 100,000 requests or 256 MB per batch; we stay under both.
+MAX_REQUESTS = 100_000
+MAX_BATCH_BYTES = 250_000_000
+# After a cancel, the batch stops once its in-flight requests finish ("canceling");
+# the job waits this long for that, to record what the finished requests cost.
+CANCEL_WAIT_SECONDS = 600
+CANCEL_POLL_SECONDS = 10.0
+
+
+class BatchApiSettings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    min_items: int = Field(default=0, ge=0, le=1_000_000)
+    poll_seconds: float = Field(default=60.0, ge=1, le=3600)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> BatchApiSettings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        if env.get("AI_JOBS_MAP_BATCH_API_MIN_ITEMS"):
+            values["min_items"] = env["AI_JOBS_MAP_BATCH_API_MIN_ITEMS"]
+        if env.get("AI_JOBS_MAP_BATCH_API_POLL_SECONDS"):
+            values["poll_seconds"] = env["AI_JOBS_MAP_BATCH_API_POLL_SECONDS"]
+        return cls.model_validate(values)
+
+
+class SubmittedBatch(BaseModel):
+    """What the submit step checkpoints: enough to poll, collect and cancel."""
+
+    id: str = Field(max_length=200)
+    custom_ids: list[str]
+    submitted_at: datetime
+
+
+def _client() -> Any:
+    from ai_jobs.claude.client import get_client
+    from ai_jobs.claude.settings import ClaudeSettings
+
+    return get_client(ClaudeSettings.from_env())
+
+
+def _classified(exc: Exception) -> Exception:
+    from ai_jobs.claude.errors import classify
+
+    return classify(exc)
+
+
+def submit(requests: list[dict[str, Any]]) -> SubmittedBatch:
+    """Create the Message Batch. `requests`: [{"custom_id", "params"}] (Messages API params)."""
+    import anthropic
+
+    try:
+        batch = _client().messages.batches.create(requests=requests)
+    except anthropic.AnthropicError as exc:
+        raise _classified(exc) from exc
+    return SubmittedBatch(
+        id=batch.id, custom_ids=[r["custom_id"] for r in requests], submitted_at=batch.created_at
+    )
+
+
+def retrieve(batch_id: str) -> Any:
+    """The MessageBatch as Anthropic reports it now; None once it has been deleted."""
+    import anthropic
+
+    try:
+        return _client().messages.batches.retrieve(batch_id)
+    except anthropic.NotFoundError:
+        return None
+    except anthropic.AnthropicError as exc:
+        raise _classified(exc) from exc
+
+
+def wait_until_ended(ctx: JobContext, submitted: SubmittedBatch, *, poll_seconds: float, progress: float) -> None:
+    """Return once the batch has ended (or no longer exists); until then release the
+    worker (Deferred) and ask again in `poll_seconds`. A cancel that arrived meanwhile
+    stops here (JobCancelled) so the runner cancels the batch rather than leaving it running."""
+    from ai_jobs.context import Deferred
+
+    batch = retrieve(submitted.id)
+    if batch is None or batch.processing_status == "ended":
+        return
+    minutes = max(0, int((datetime.now(UTC) - submitted.submitted_at).total_seconds() // 60))
+    message = (
+        f"Waiting for Claude's Message Batch: {len(submitted.custom_ids)} requests at the Batch API price, "
+        f"submitted {minutes} min ago ({batch.processing_status}); checking every {poll_seconds:g} s"
+    )
+    ctx.progress(progress, message)
+    ctx.flush_progress()  # writes and reads the row back: it carries a cancel request
+    ctx.check_cancelled()
+    raise Deferred(poll_seconds, reason=WAIT_REASON, message=message)
+
+
+def results(batch_id: str) -> dict[str, Any]:
+    """Every request's MessageBatchResult (succeeded / errored / canceled / expired) by
+    custom_id; empty once the batch has been deleted (its requests then run directly)."""
+    import anthropic
+
+    try:
+        return {line.custom_id: line.result for line in _client().messages.batches.results(batch_id)}
+    except anthropic.NotFoundError:
+        return {}
+    except anthropic.AnthropicError as exc:
+        raise _classified(exc) from exc
+
+
+def delete_batch(ctx: JobContext, batch_id: str) -> None:
+    """Delete an ended Message Batch (its requests and results) at Anthropic. Best effort:
+    a failure is logged; the batch then stays until Anthropic archives it."""
+    import anthropic
+
+    try:
+        _client().messages.batches.delete(batch_id)
+    except anthropic.NotFoundError:
+        return
+    except anthropic.AnthropicError as exc:
+        log.warning("job %s: could not delete Message Batch %s: %s", ctx.job.id, batch_id, type(exc).__name__)
+
+
+def cancel_batch(ctx: JobContext, submitted: SubmittedBatch) -> dict[str, Any] | None:
+    """Cancel the Message Batch of a job being cancelled. Returns the results once the
+    batch has ended (requests finished before the cancel are billed: the caller records
+    them); raises Deferred while it is still stopping, for up to CANCEL_WAIT_SECONDS
+    after the cancel request; None when it gives up (logged)."""
+    import anthropic
+
+    from ai_jobs.context import Deferred
+
+    try:
+        batch = _client().messages.batches.retrieve(submitted.id)
+        if batch.processing_status == "in_progress":
+            batch = _client().messages.batches.cancel(submitted.id)
+            log.info("job %s: cancelled Message Batch %s", ctx.job.id, submitted.id)
+        if batch.processing_status == "ended":
+            return results(submitted.id)
+    except anthropic.NotFoundError:
+        log.warning("job %s: Message Batch %s no longer exists; nothing to cancel", ctx.job.id, submitted.id)
+        return None
+    except (anthropic.AnthropicError, Exception) as exc:  # noqa: BLE001 - retried below, then given up
+        log.warning("job %s: cancelling Message Batch %s failed: %s", ctx.job.id, submitted.id, type(exc).__name__)
+    requested = ctx.job.cancel_requested_at or datetime.now(UTC)
+    if (datetime.now(UTC) - requested).total_seconds() < CANCEL_WAIT_SECONDS:
+        raise Deferred(
+            CANCEL_POLL_SECONDS, reason=WAIT_REASON,
+            message="Cancelling Claude's Message Batch; the job ends as soon as the batch has stopped",
+        )
+    log.error(
+        "job %s: Message Batch %s did not stop within %d s of the cancel; its cost is not recorded on the job",
+        ctx.job.id, submitted.id, CANCEL_WAIT_SECONDS,
+    )
+    return None
+
+
+def save_step(ctx: JobContext, name: str, value: Any) -> None:
+    """Checkpoint `value` as step `name` with the usage recorded so far, outside
+    ctx.step (which refuses to run once a cancel is requested): used while cancelling,
+    so a retry of the job reuses results that were already paid for."""
+    ctx.store.checkpoint(ctx.job.id, ctx.worker, name, value, usage=ctx.take_usage())
+    ctx.checkpoints[name] = value
