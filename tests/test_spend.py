@@ -1,0 +1,424 @@
+"""Spend control: the create-time limits (model allowlist, max_tokens caps, calls per
+job, cost estimate per job) through the real HTTP app, the per-user rolling 24 h
+budget in SQL (also under concurrent creates), and the in-job cap against local HTTP
+fakes of the Anthropic API, all on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from flask import Flask
+
+from ai_jobs.claude.client import reset_clients
+from ai_jobs.claude.pricing import usage_record
+from ai_jobs.claude.spend import SpendSettings
+from ai_jobs.errors import BudgetExceededError
+from ai_jobs.http.app import create_app
+from ai_jobs.http.services import Services
+from ai_jobs.models import JobStatus, NewJob
+from ai_jobs.registry import load_job_modules
+from ai_jobs.runner import Runner
+from ai_jobs.service import submit_job
+from ai_jobs.settings import Settings
+from ai_jobs.store.postgres import PostgresStore
+from tests.anthropic_wire import FakeAnthropicServer, sse_events
+from tests.claude_api_fake import ClaudeApiFake
+from tests.conftest import JWT_SECRET, user_token
+from tests.rls import act_as
+
+SONNET = "claude-sonnet-5-5"  # $2 / $10 per MTok
+SPEND_ENV = ("AI_JOBS_MODEL", "AI_JOBS_MODELS", "AI_JOBS_MAX_TOKENS", "AI_JOBS_MAX_CALLS_PER_JOB",
+             "AI_JOBS_MAX_JOB_COST_USD", "AI_JOBS_USER_DAILY_BUDGET_USD", "AI_JOBS_ALLOW_UNPRICED_MODELS",
+             "AI_JOBS_PRICES", "AI_JOBS_RATE_LIMITS")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in SPEND_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+def _settings(database_url: str, **env: str) -> Settings:
+    """Settings as a deployment reads them, with these variables set."""
+    base = {"DATABASE_URL": database_url, "SUPABASE_JWT_SECRET": JWT_SECRET, "AI_JOBS_MAX_ACTIVE_PER_USER": "50"}
+    return Settings.from_env({**base, **env})
+
+
+class Api:
+    def __init__(self, database_url: str, **env: str) -> None:
+        self.services = Services(settings=_settings(database_url, **env), registry=load_job_modules())
+        self.app: Flask = create_app(self.services)
+
+    def create(self, user: uuid.UUID, job_type: str, data: dict[str, Any], **body: Any) -> Any:
+        return self.app.test_client().post(
+            "/api/jobs", data=json.dumps({"type": job_type, "input": data, **body}),
+            content_type="application/json", headers={"Authorization": f"Bearer {user_token(user)}"})
+
+    def retry(self, user: uuid.UUID, job_id: uuid.UUID) -> Any:
+        return self.app.test_client().post(f"/api/jobs/{job_id}/retry",
+                                           headers={"Authorization": f"Bearer {user_token(user)}"})
+
+    def close(self) -> None:
+        self.services.close()
+
+
+@pytest.fixture()
+def api_factory(database_url: str) -> Iterator[Any]:
+    made: list[Api] = []
+
+    def make(**env: str) -> Api:
+        made.append(Api(database_url, **env))
+        return made[-1]
+
+    yield make
+    for api in made:
+        api.close()
+
+
+def _problem(response: Any, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.data[:500]
+    assert response.mimetype == "application/problem+json"
+    body = response.json
+    assert body["code"] == code and body["type"] == f"urn:ai-jobs:problem:{code}", body
+    return body
+
+
+# -- the limits at create -----------------------------------------------------------------
+
+
+def test_model_allowlist(api_factory, make_user, db) -> None:
+    alice, bob = make_user(), make_user()
+    default_only = api_factory()
+    body = _problem(default_only.create(alice, "ai.generate", {"prompt": "hi", "model": "claude-opus-5-5"}),
+                    422, "model_not_allowed")
+    assert body["allowed_models"] == [SONNET] and SONNET in body["detail"]
+    assert body["errors"][0]["field"] == "input.model"
+    assert default_only.create(alice, "ai.generate", {"prompt": "hi", "model": SONNET}).status_code == 202
+    assert default_only.create(bob, "ai.generate", {"prompt": "hi"}).status_code == 202  # null: the default model
+
+    listed = api_factory(AI_JOBS_MODEL="claude-haiku-5-5", AI_JOBS_MODELS="claude-opus-5-5, claude-sonnet-5-5")
+    assert listed.create(alice, "ai.match", {"requirement": "r", "document": "d", "model": "claude-opus-5-5"}
+                         ).status_code == 202
+    refused = _problem(listed.create(alice, "ai.extract", {"text": "t", "schema": {"type": "object"},
+                                                           "model": "claude-fable-5-1"}), 422, "model_not_allowed")
+    assert refused["allowed_models"] == ["claude-haiku-5-5", "claude-opus-5-5", SONNET]
+    # nothing was written for the refused creates
+    assert db.execute("select count(*) from public.ai_jobs where input->>'model' in ('claude-fable-5-1')"
+                      ).fetchone()[0] == 0
+
+
+def test_unpriced_models_are_refused_unless_the_operator_allows_them(api_factory, make_user) -> None:
+    user = make_user()
+    env = {"AI_JOBS_MODELS": "claude-mythos-5-2"}  # in the SDK's list, no price known
+    body = _problem(api_factory(**env).create(user, "ai.generate", {"prompt": "x", "model": "claude-mythos-5-2"}),
+                    422, "model_not_priced")
+    assert "AI_JOBS_PRICES" in body["detail"]
+    allowed = api_factory(**env, AI_JOBS_ALLOW_UNPRICED_MODELS="1").create(
+        user, "ai.generate", {"prompt": "x", "model": "claude-mythos-5-2"})
+    assert allowed.status_code == 202
+    assert allowed.json["cost_estimate_usd"] is None and allowed.json["cost_cap_usd"] is None
+    priced = api_factory(**env, AI_JOBS_PRICES='{"claude-mythos-5-2": {"input": 1, "output": 2}}').create(
+        user, "ai.generate", {"prompt": "x", "model": "claude-mythos-5-2"})
+    assert priced.status_code == 202 and priced.json["cost_estimate_usd"] > 0
+
+
+@pytest.mark.parametrize(("job_type", "data", "cap"), [
+    ("ai.generate", {"prompt": "x"}, 8192),
+    ("ai.extract", {"text": "x", "schema": {"type": "object"}}, 4096),
+    ("ai.match", {"requirement": "r", "document": "d"}, 4096),
+    ("ai.map_batches", {"document": "d", "items": ["a"]}, 4096),
+])
+def test_max_tokens_cap_per_type(api_factory, make_user, job_type, data, cap) -> None:
+    user = make_user()
+    api = api_factory()
+    assert api.create(user, job_type, {**data, "max_tokens": cap}).status_code == 202
+    body = _problem(api.create(user, job_type, {**data, "max_tokens": cap + 1}), 422, "max_tokens_too_large")
+    assert body["max_tokens_cap"] == cap and body["errors"][0]["field"] == "input.max_tokens"
+    assert str(cap) in body["detail"]
+    raised = api_factory(AI_JOBS_MAX_TOKENS=json.dumps({job_type: cap * 2}))
+    assert raised.create(user, job_type, {**data, "max_tokens": cap * 2}).status_code == 202
+
+
+def test_calls_per_job_cap(api_factory, make_user) -> None:
+    user = make_user()
+    items = [f"item {i}" for i in range(201)]
+    api = api_factory(AI_JOBS_MAX_JOB_COST_USD="0")  # only the call count here
+    body = _problem(api.create(user, "ai.map_batches", {"document": "d", "items": items, "batch_size": 2,
+                                                         "max_tokens": 16}), 422, "too_many_calls")
+    assert body["calls"] == 101 and body["max_calls"] == 100 and "batch_size" in body["detail"]
+    assert api.create(user, "ai.map_batches", {"document": "d", "items": items[:200], "batch_size": 2,
+                                               "max_tokens": 16}).status_code == 202
+    fewer = api_factory(AI_JOBS_MAX_CALLS_PER_JOB="10", AI_JOBS_MAX_JOB_COST_USD="0")
+    assert _problem(fewer.create(user, "ai.map_batches", {"document": "d", "items": items[:22], "batch_size": 2,
+                                                          "max_tokens": 16}), 422, "too_many_calls")["calls"] == 11
+
+
+def test_cost_estimate_per_job(api_factory, make_user, pg_store) -> None:
+    user = make_user()
+    api = api_factory()
+    document = "All customer data is encrypted at rest. " * 2_500  # 100,000 bytes
+    data = {"document": document, "items": [f"requirement {i}" for i in range(60)], "batch_size": 1}
+    body = _problem(api.create(user, "ai.map_batches", data), 422, "job_cost_too_high")
+    # 60 calls, each: (instructions + document + its item + 3,000 bytes of framing) / 3 tokens at $2 and
+    # 4,096 output tokens at $10 per MTok; plus, once, the document and instructions written to the
+    # 1-hour prompt cache ($4 instead of $2 per MTok)
+    prefix = len("For each item, say where and how the document addresses it.") + 100_000
+    per_call = (-(-(prefix + len("requirement 59") + 3 + 3_000) // 3) * 2 + 4096 * 10) / 1e6
+    assert body["estimated_cost_usd"] == pytest.approx(60 * per_call + -(-prefix // 3) * 2 / 1e6, abs=1e-6)
+    assert body["max_job_cost_usd"] == 5
+    assert "$5.00" in body["detail"] and f"${body['estimated_cost_usd']:.2f}" in body["detail"]
+
+    # the same job with fewer batches fits: the estimate and the cap are on the job
+    created = api.create(user, "ai.map_batches", {**data, "batch_size": 10})
+    assert created.status_code == 202, created.json
+    job = pg_store.get(uuid.UUID(created.json["id"]))
+    assert job.cost_estimate_usd == pytest.approx(created.json["cost_estimate_usd"]) and job.cost_estimate_usd > 0.5
+    assert job.cost_cap_usd == pytest.approx(2 * job.cost_estimate_usd, abs=1e-6)  # under $5: twice the estimate
+    # a generous per-job cap lets the first one through; a cheaper model too
+    generous = api_factory(AI_JOBS_MAX_JOB_COST_USD="10", AI_JOBS_USER_DAILY_BUDGET_USD="50").create(
+        user, "ai.map_batches", data)
+    assert generous.status_code == 202
+    assert generous.json["cost_estimate_usd"] == body["estimated_cost_usd"]
+    assert generous.json["cost_cap_usd"] == 10  # twice the estimate would be over the per-job cap
+    haiku = api_factory(AI_JOBS_MODELS="claude-haiku-5-5").create(user, "ai.map_batches",
+                                                                  {**data, "model": "claude-haiku-5-5"})
+    assert haiku.status_code == 202 and haiku.json["cost_estimate_usd"] < 1
+
+
+def test_job_types_without_claude_calls_are_not_limited(api_factory, make_user, pg_store) -> None:
+    created = api_factory(AI_JOBS_USER_DAILY_BUDGET_USD="0.01").create(
+        make_user(), "example.countdown", {"steps": 1, "step_seconds": 0})
+    assert created.status_code == 202
+    assert created.json["cost_estimate_usd"] is None and created.json["cost_cap_usd"] is None
+
+
+# -- the daily budget, in SQL -------------------------------------------------------------
+
+
+def _record_spend(store: PostgresStore, user: uuid.UUID, usd: float) -> uuid.UUID:
+    """A finished job that recorded `usd` of Claude cost."""
+    job_id = store.enqueue(NewJob(user_id=user, job_type="ai.generate", input={"prompt": "x"})).job.id
+    assert [j.id for j in store.claim("spender", job_id=job_id)] == [job_id]
+    store.complete(job_id, "spender", {"text": "ok"}, usage={"cost_usd": usd, "requests": 1})
+    return job_id
+
+
+def test_daily_budget_counts_recorded_spend_and_active_caps(api_factory, make_user, pg_store, db) -> None:
+    alice, bob = make_user(), make_user()
+    api = api_factory(AI_JOBS_USER_DAILY_BUDGET_USD="1")
+    one = {"prompt": "x", "max_tokens": 8192}  # ~$0.0829 estimate, ~$0.1658 cap
+    first = api.create(alice, "ai.generate", one)
+    assert first.status_code == 202
+    cap = first.json["cost_cap_usd"]
+    assert cap == pytest.approx(2 * first.json["cost_estimate_usd"], abs=1e-6)
+
+    spent = _record_spend(pg_store, alice, 0.70)  # 0.70 recorded + 0.1658 held = 0.8658: no room for 0.1658 more
+    body = _problem(api.create(alice, "ai.generate", one), 429, "budget_exceeded")
+    assert body["daily_budget_usd"] == 1 and body["spent_usd"] == pytest.approx(0.70)
+    assert body["reserved_usd"] == pytest.approx(cap) and body["job_cap_usd"] == pytest.approx(cap)
+    # the 0.70 recorded just now frees the room when it leaves the window, 24 h from now
+    retry_after = int(api.create(alice, "ai.generate", one).headers["Retry-After"])
+    assert 86_400 - 60 <= retry_after <= 86_400 and body["retry_after_seconds"] <= 86_400
+    assert "budget" in body["detail"]
+
+    # another user is not affected
+    assert api.create(bob, "ai.generate", one).status_code == 202
+    # deleting the finished job does not give its spend back
+    assert api.app.test_client().delete(f"/api/jobs/{spent}", headers={
+        "Authorization": f"Bearer {user_token(alice)}"}).status_code == 204
+    _problem(api.create(alice, "ai.generate", one), 429, "budget_exceeded")
+    # cancelling the pending job releases its reservation
+    assert api.app.test_client().post(f"/api/jobs/{first.json['id']}/cancel", headers={
+        "Authorization": f"Bearer {user_token(alice)}"}).json["status"] == "cancelled"
+    assert api.create(alice, "ai.generate", one).status_code == 202
+    # and retrying the cancelled one needs its cap back: no room now
+    _problem(api.retry(alice, uuid.UUID(first.json["id"])), 429, "budget_exceeded")
+    # nothing refused was written: alice has the two accepted jobs and the cancelled one
+    rows = db.execute("select status, count(*) from public.ai_jobs where user_id = %s group by 1 order by 1",
+                      (alice,)).fetchall()
+    assert rows == [("cancelled", 1), ("pending", 1)]
+
+
+def test_retry_after_is_when_enough_spend_leaves_the_window(api_factory, make_user, pg_store, db) -> None:
+    user = make_user()
+    api = api_factory(AI_JOBS_USER_DAILY_BUDGET_USD="1")
+    for hours_ago, usd in ((30, 5.0), (23, 0.30), (20, 0.30), (2, 0.30)):  # the first is out of the window
+        job_id = _record_spend(pg_store, user, usd)
+        db.execute("update public.ai_jobs_spend set at = now() - make_interval(hours => %s) where job_id = %s",
+                   (hours_ago, job_id))
+    # 0.90 recorded in the window; a job reserving ~0.166 needs ~0.066 freed: the row from 23 h ago (in ~1 h)
+    body = _problem(api.create(user, "ai.generate", {"prompt": "x", "max_tokens": 8192}), 429, "budget_exceeded")
+    assert body["spent_usd"] == pytest.approx(0.90) and body["reserved_usd"] == 0
+    assert 3600 - 60 <= body["retry_after_seconds"] <= 3600
+    # a smaller job fits
+    assert api.create(user, "ai.generate", {"prompt": "x", "max_tokens": 256}).status_code == 202
+    # and that create deleted the user's ledger rows older than 24 h
+    assert db.execute("select count(*) from public.ai_jobs_spend where user_id = %s", (user,)).fetchone()[0] == 3
+
+
+def test_budget_under_concurrent_creates(pg_store, make_user) -> None:
+    """20 creates at once, each reserving $0.30 of a $1 budget: exactly 3 get in."""
+    user, other = make_user(), make_user()
+    gate = threading.Barrier(20)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def create() -> None:
+        job = NewJob(user_id=user, job_type="ai.generate", input={"prompt": "x"}, cost_estimate_usd=0.15,
+                     cost_cap_usd=0.30, daily_budget_usd=1.0)
+        gate.wait()
+        try:
+            pg_store.enqueue(job)
+            outcome = "created"
+        except BudgetExceededError:
+            outcome = "refused"
+        with lock:
+            outcomes.append(outcome)
+
+    threads = [threading.Thread(target=create) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["created"] * 3 + ["refused"] * 17
+    held = sum(j.cost_cap_usd or 0 for j in pg_store.list(user_id=user, limit=100).jobs)
+    assert held == pytest.approx(0.90)
+    # the other user's budget is their own
+    assert pg_store.enqueue(NewJob(user_id=other, job_type="ai.generate", input={"prompt": "x"},
+                                   cost_cap_usd=0.30, daily_budget_usd=1.0)).created
+
+
+def test_owners_read_their_costs_but_not_the_ledger(database_url, pg_store, make_user) -> None:
+    user = make_user()
+    job_id = pg_store.enqueue(NewJob(user_id=user, job_type="ai.generate", input={"prompt": "x"},
+                                     cost_estimate_usd=0.1, cost_cap_usd=0.2)).job.id
+    _record_spend(pg_store, user, 0.05)
+    claims = {"role": "authenticated", "sub": str(user)}
+    with psycopg.connect(database_url) as conn, conn.transaction():
+        act_as(conn, claims)
+        row = conn.execute("select cost_estimate_usd, cost_cap_usd from public.ai_jobs where id = %s",
+                           (job_id,)).fetchone()
+    assert [float(v) for v in row] == [0.1, 0.2]
+    with psycopg.connect(database_url) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with conn.transaction():
+            act_as(conn, claims)
+            conn.execute("select * from public.ai_jobs_spend")
+
+
+# -- the cap inside the job -----------------------------------------------------------------
+
+
+@pytest.fixture()
+def claude_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    for name in ("AI_JOBS_CLAUDE_TIMEOUT", "AI_JOBS_CLAUDE_TOKENS_PER_SECOND", "AI_JOBS_MAP_BATCH_API_MIN_ITEMS",
+                 "AI_JOBS_MAP_BATCH_API_POLL_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AI_JOBS_PROMPT_CACHE", "off")
+    reset_clients()
+    yield
+    reset_clients()
+
+
+def _mappings(*items: str) -> str:
+    return json.dumps({"mappings": [{"item": i, "mapping": f"section on {i}", "confidence": 90} for i in items]})
+
+
+def test_a_job_whose_recorded_cost_passes_its_cap_stops_keeping_finished_steps(
+        pg_store, make_user, claude_env, monkeypatch) -> None:
+    """Batch 2 is billed far more than its bound (1.5M input tokens, $3): the job stops
+    before batch 3 with budget_exceeded; batches 1 and 2 stay checkpointed."""
+    server = FakeAnthropicServer([
+        sse_events(_mappings("a"), input_tokens=1_000, output_tokens=200),
+        sse_events(_mappings("b"), input_tokens=1_500_000, output_tokens=200),
+        sse_events(_mappings("c"), input_tokens=1_000, output_tokens=200),
+    ]).start()
+    try:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        user = make_user()
+        registry = load_job_modules()
+        settings = Settings(store="postgres", database_url="unused")
+        created = submit_job(pg_store, user, "ai.map_batches",
+                             {"document": "The policy.", "items": ["a", "b", "c", "d"], "batch_size": 1},
+                             settings=settings, registry=registry)
+        cap = created.job.cost_cap_usd
+        assert cap is not None and 0.1 < cap < 3  # 4 calls of ~$0.043 each, doubled
+        Runner(pg_store, registry).run_available()
+        job = pg_store.get(created.job.id)
+    finally:
+        server.stop()
+    assert job.status is JobStatus.FAILED and job.error.code == "budget_exceeded" and not job.error.retryable
+    assert "cap" in job.error.message and f"${cap:.4f}" in job.error.message
+    assert len(server.requests) == 2  # batch 3 was never sent
+    assert set(job.checkpoints) == {"batch-1", "batch-2"}
+    assert job.checkpoints["batch-2"]["mappings"][0]["item"] == "b"
+    billed = sum(usage_record(SONNET, {"input_tokens": n, "output_tokens": 200})["cost_usd"] for n in (1_000, 1_500_000))
+    assert job.usage["cost_usd"] == pytest.approx(billed) and job.usage["cost_usd"] > cap
+    assert job.usage["requests"] == 2
+
+
+def test_a_call_whose_worst_case_would_pass_the_cap_is_not_started(pg_store, make_user, claude_env,
+                                                                     monkeypatch, db) -> None:
+    server = FakeAnthropicServer([sse_events("hello")]).start()
+    try:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        user = make_user()
+        registry = load_job_modules()
+        created = submit_job(pg_store, user, "ai.generate", {"prompt": "Say hello", "max_tokens": 8000},
+                             settings=Settings(store="postgres", database_url="unused"), registry=registry)
+        # the cap now sits just under what this one call could cost ($0.08 of output alone)
+        db.execute("update public.ai_jobs set cost_cap_usd = 0.05 where id = %s", (created.job.id,))
+        Runner(pg_store, registry).run_available()
+        job = pg_store.get(created.job.id)
+    finally:
+        server.stop()
+    assert job.status is JobStatus.FAILED and job.error.code == "budget_exceeded"
+    assert "could cost up to" in job.error.message and "$0.0500" in job.error.message
+    assert server.requests == [] and job.usage == {}
+
+
+def test_jobs_without_a_stored_cap_use_the_per_job_setting(pg_store, make_user, claude_env, monkeypatch) -> None:
+    server = FakeAnthropicServer([sse_events("hello")]).start()
+    try:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        monkeypatch.setenv("AI_JOBS_MAX_JOB_COST_USD", "0.01")
+        registry = load_job_modules()
+        job_id = pg_store.enqueue(registry.new_job(make_user(), "ai.generate", {"prompt": "x"})).job.id
+        Runner(pg_store, registry).run_available()
+        job = pg_store.get(job_id)
+    finally:
+        server.stop()
+    assert job.cost_cap_usd is None
+    assert job.status is JobStatus.FAILED and job.error.code == "budget_exceeded" and server.requests == []
+
+
+def test_a_message_batch_over_the_cap_is_not_submitted(pg_store, make_user, claude_env, monkeypatch, db) -> None:
+    with ClaudeApiFake() as fake:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        registry = load_job_modules()
+        created = submit_job(pg_store, make_user(), "ai.map_batches",
+                             {"document": "The policy.", "items": ["a", "b", "c"], "batch_size": 1,
+                              "use_batch_api": True},
+                             settings=Settings(store="postgres", database_url="unused"), registry=registry)
+        db.execute("update public.ai_jobs set cost_cap_usd = 0.01 where id = %s", (created.job.id,))
+        Runner(pg_store, registry).run_available()
+        job = pg_store.get(created.job.id)
+        assert job.status is JobStatus.FAILED and job.error.code == "budget_exceeded"
+        assert fake.created == [] and "claude-batch" not in job.checkpoints
+
+
+def test_spend_settings_fail_at_start_up() -> None:
+    for env in ({"AI_JOBS_MAX_TOKENS": "{not json"}, {"AI_JOBS_MAX_TOKENS": '{"ai.generate": 0}'},
+                {"AI_JOBS_MAX_JOB_COST_USD": "-1"}, {"AI_JOBS_USER_DAILY_BUDGET_USD": "lots"},
+                {"AI_JOBS_MODELS": "claude sonnet"}, {"AI_JOBS_MAX_CALLS_PER_JOB": "0"}):
+        with pytest.raises(ValueError):
+            Settings.from_env(env)
+    spend = Settings.from_env({"AI_JOBS_MODELS": " claude-opus-5-5 ,,claude-haiku-5-5", "AI_JOBS_MODEL": "claude-x"}).spend
+    assert spend.allowed_models() == ["claude-x", "claude-opus-5-5", "claude-haiku-5-5"]
+    assert SpendSettings().max_tokens_cap("my.custom") == 8192
