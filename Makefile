@@ -81,9 +81,11 @@ migrate: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/claim_limits.py
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/create_latency.py
 	$(BIN)/python bench/handoff_tls.py
+	$(BIN)/python bench/map_cost.py
 	$(BIN)/python bench/import_time.py
 	$(BIN)/python bench/crash_test.py
 	$(BIN)/python bench/load_test.py

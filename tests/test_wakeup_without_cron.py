@@ -90,6 +90,13 @@ def server(database_url: str, fake_anthropic: FakeAnthropic) -> Iterator[ApiServ
     srv.stop()
 
 
+def _connections(db: psycopg.Connection) -> list[tuple[Any, ...]]:
+    """Who holds the database's connections (for a failure message)."""
+    return db.execute(
+        "select application_name, state, count(*) from pg_stat_activity group by 1, 2 order by 3 desc"
+    ).fetchall()
+
+
 def _row(db: psycopg.Connection, job_id: str) -> tuple[Any, ...]:
     return db.execute(
         "select status, run_at, started_at, attempts, updated_at from public.ai_jobs where id = %s", (job_id,)
@@ -111,7 +118,7 @@ def test_future_run_at_starts_on_time_without_cron(server: ApiServer, db: psycop
     run_at = datetime.now(UTC) + timedelta(seconds=3)
     r = client.post("/api/jobs", json={"type": "example.countdown", "input": {"steps": 1, "step_seconds": 0},
                                        "run_at": run_at.isoformat()})
-    assert r.status_code == 202, r.text
+    assert r.status_code == 202, (r.text, _connections(db))
     job = r.json()
     assert _row(db, job["id"])[0] == "pending"  # not started early
     status, due, started, attempts, _ = _wait_terminal(db, job["id"], timeout=15)
