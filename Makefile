@@ -62,8 +62,10 @@ pgcron:
 
 install: $(STAMP)
 
+# make dev PORT=8001 (or AI_JOBS_PORT=8001 make dev); PORT=0 picks any free port.
+PORT ?=
 dev: $(STAMP)
-	$(BIN)/ai-jobs dev
+	$(BIN)/ai-jobs dev$(if $(PORT), --port $(PORT))
 
 test: $(STAMP) $(JS_STAMP) chromium pgcron
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

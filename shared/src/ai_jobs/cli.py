@@ -27,9 +27,38 @@ def _database_url(settings: Settings) -> str:
 
 
 def _stop_on_signals() -> threading.Event:
+    """SIGTERM/SIGINT set the returned event, without taking a lock in the handler.
+
+    A Python signal handler runs in the main thread between two bytecodes, possibly
+    while that thread holds the event's internal lock (inside ``wait()`` or ``set()``):
+    calling ``Event.set()`` there deadlocks, and ``make`` forwards the signal it gets
+    from the process group, so a second one is common. The handler therefore only
+    records the signal (a flag and one byte written to a self-pipe); a small thread
+    reads the pipe and sets the event. Further signals only write more bytes."""
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    received: list[int] = []
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+
+    def record(signum: int, _frame: Any) -> None:
+        received.append(signum)  # list.append takes no lock that the main thread could hold
+        try:
+            os.write(write_fd, b"s")
+        except OSError:  # pipe full: a byte is already waiting, which is enough
+            pass
+
+    def relay() -> None:
+        while True:
+            try:
+                if not os.read(read_fd, 64):
+                    return
+            except InterruptedError:
+                continue
+            stop.set()
+
+    threading.Thread(target=relay, name="ai-jobs-signals", daemon=True).start()
+    signal.signal(signal.SIGTERM, record)
+    signal.signal(signal.SIGINT, record)
     return stop
 
 
@@ -69,7 +98,7 @@ def _serve(settings: Settings, args: argparse.Namespace, banner: list[str], demo
     from rich.console import Console
 
     from ai_jobs.http import operations
-    from ai_jobs.http.server import serve
+    from ai_jobs.http.server import PortInUse, serve
     from ai_jobs.http.services import Services
 
     create_app = _load_app_factory()
@@ -107,10 +136,24 @@ def _serve(settings: Settings, args: argparse.Namespace, banner: list[str], demo
             on_ready=ready,
             stop=stop,
         )
+    except PortInUse as exc:
+        print(_port_in_use_message(args.command, exc), file=sys.stderr, flush=True)
+        return 1
     finally:
         remove_server_record(settings.data_dir)
     holder["svc"].close()
     return 0
+
+
+def _port_in_use_message(command: str, exc: Any) -> str:
+    """One line naming the exact command to run instead: `make dev PORT=N` under
+    make (which sets MAKELEVEL for its commands), else `ai-jobs <command> --port N`."""
+    from ai_jobs.http.server import free_port_after
+
+    suggested = free_port_after(exc.host, exc.port) or exc.port + 1
+    instead = (f"make dev PORT={suggested}" if command == "dev" and os.environ.get("MAKELEVEL")
+               else f"ai-jobs {command} --port {suggested}")
+    return f"port {exc.port} is in use: run {instead} (or ai-jobs {command} --port 0 for any free port)"
 
 
 def _database_identity(settings: Settings) -> str:
@@ -477,9 +520,22 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
 # -- parser ------------------------------------------------------------------------------------
 
 
+def _port(value: str) -> int:
+    """--port and AI_JOBS_PORT: 0 (any free port) to 65535."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number (0-65535): {port}")
+    return port
+
+
 def _server_options(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=port, help="0 picks a free port")
+    # argparse passes a string default through `type` too, so a bad AI_JOBS_PORT is a usage error
+    p.add_argument("--port", type=_port, default=os.environ.get("AI_JOBS_PORT") or str(port),
+                   help=f"0 picks a free port (default: AI_JOBS_PORT, else {port})")
     p.add_argument("--sweep-interval", type=float, default=15.0, help="seconds between local sweeps (0: off)")
     p.add_argument("--no-public", action="store_true", help="do not serve public/")
 
