@@ -4,6 +4,7 @@ migrated with our migrations, and both store adapters over it."""
 from __future__ import annotations
 
 import os
+import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,6 +26,14 @@ os.environ.setdefault("AI_JOBS_DEMO_JOB_TYPES", "1")
 
 SUPABASE_URL = "https://test-project.supabase.co"
 JWT_SECRET = "test-jwt-secret-with-at-least-32-characters!"
+
+
+def unused_port() -> int:
+    """A loopback port nothing listens on right now: connections to it are refused
+    (and a server may bind it next)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def make_token(role: str, sub: str | None = None, **extra: object) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from ai_jobs.models import JobError, NewJob
 from ai_jobs.registry import load_job_modules
 from ai_jobs.settings import Settings
 from ai_jobs.store.base import JobStore
-from tests.conftest import JWT_SECRET, user_token
+from tests.conftest import JWT_SECRET, user_token, unused_port
 
 WORKER_SECRET = "contract-worker-secret"
 CRON_SECRET = "contract-cron-secret"
@@ -49,12 +48,6 @@ FATAL = JobError(code="bad_request", message="prompt too long", retryable=False)
 DOC = openapi_document()
 HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
 
-
-def _closed_port() -> int:
-    """A loopback port nothing listens on: connections are refused at once."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -82,7 +75,7 @@ def live_app(database_url: str) -> Iterator[Flask]:
 @pytest.fixture(scope="module")
 def down_app() -> Iterator[Flask]:
     """The database is down (nothing listens on its port): a store call fails after db_timeout_seconds."""
-    url = f"postgresql://postgres@127.0.0.1:{_closed_port()}/postgres"
+    url = f"postgresql://postgres@127.0.0.1:{unused_port()}/postgres"
     services = Services(settings=_settings(database_url=url, db_timeout_seconds=0.3), registry=load_job_modules())
     yield create_app(services)
     services.close()
@@ -91,7 +84,7 @@ def down_app() -> Iterator[Flask]:
 @pytest.fixture(scope="module")
 def keys_down_app() -> Iterator[Flask]:
     """A Supabase project on asymmetric keys whose JWKS endpoint cannot be reached."""
-    jwks = f"http://127.0.0.1:{_closed_port()}/auth/v1/.well-known/jwks.json"
+    jwks = f"http://127.0.0.1:{unused_port()}/auth/v1/.well-known/jwks.json"
     services = Services(settings=_settings(jwt_secret=None, jwks_url=jwks, database_url="postgresql:///unused"),
                         registry=load_job_modules())
     yield create_app(services)

@@ -21,6 +21,7 @@ import pytest
 from ai_jobs.models import JobStatus
 from ai_jobs.registry import load_job_modules
 from ai_jobs.store.postgres import PostgresStore
+from tests.conftest import unused_port
 
 REPO = Path(__file__).resolve().parents[1]
 ROUNDS = int(os.environ.get("AI_JOBS_SIGNAL_ROUNDS", "20"))
@@ -33,12 +34,6 @@ def _env(data: Path, **extra: str) -> dict[str, str]:
     )}
     env.update({"AI_JOBS_DATA_DIR": str(data), "ANTHROPIC_API_KEY": "", "PYTHONUNBUFFERED": "1", **extra})
     return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _postgres_pids(pgdata: Path) -> list[int]:
@@ -115,7 +110,7 @@ def _make_dev(data: Path, port: int, **extra: str) -> Group:
 def _stop_round(data: Path, signum: int) -> float:
     """Start `make dev`, signal its group twice in quick succession, return how long it took to stop."""
     pgdata = (data / "pgdata").resolve()
-    group = _make_dev(data, _free_port())
+    group = _make_dev(data, unused_port())
     try:
         group.wait_for("serving on")
         started = time.monotonic()

@@ -21,7 +21,7 @@ from flask.testing import FlaskClient
 from ai_jobs.http.app import create_app
 from ai_jobs.http.services import Services
 from ai_jobs.settings import Settings
-from tests.conftest import JWT_SECRET, user_token
+from tests.conftest import JWT_SECRET, user_token, unused_port
 
 WORKER_SECRET = "ff-worker-secret"
 CRON_SECRET = "ff-cron-secret"
@@ -40,11 +40,6 @@ STORE_ROUTES: list[tuple[str, str, dict[str, Any]]] = [
     ("GET", "/api/internal/sweep", {"secret": CRON_SECRET}),
 ]
 
-
-def _refused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +83,7 @@ def _stores(port: int) -> dict[str, dict[str, Any]]:
 @pytest.mark.parametrize("kind", ["postgres", "supabase"])
 @pytest.mark.parametrize("failure", ["refused", "silent"])
 def test_every_endpoint_answers_503_within_3_seconds(kind: str, failure: str, silent_port: int) -> None:
-    port = _refused_port() if failure == "refused" else silent_port
+    port = unused_port() if failure == "refused" else silent_port
     store = _stores(port)[kind]
     client = _client(**store)
     issuer = f"{store['supabase_url']}/auth/v1" if kind == "supabase" else None  # Supabase's iss

@@ -33,15 +33,13 @@ def _stop_on_signals() -> threading.Event:
     while that thread holds the event's internal lock (inside ``wait()`` or ``set()``):
     calling ``Event.set()`` there deadlocks, and ``make`` forwards the signal it gets
     from the process group, so a second one is common. The handler therefore only
-    records the signal (a flag and one byte written to a self-pipe); a small thread
+    records the signal (one byte written to a self-pipe); a small thread
     reads the pipe and sets the event. Further signals only write more bytes."""
     stop = threading.Event()
-    received: list[int] = []
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
 
     def record(signum: int, _frame: Any) -> None:
-        received.append(signum)  # list.append takes no lock that the main thread could hold
         try:
             os.write(write_fd, b"s")
         except OSError:  # pipe full: a byte is already waiting, which is enough
