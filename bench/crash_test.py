@@ -61,11 +61,12 @@ class CrashReport:
         return not self.problems
 
 
-def _worker(database_url: str, lease: int) -> subprocess.Popen[bytes]:
+def _worker(database_url: str, lease: int, batch: int = 1) -> subprocess.Popen[bytes]:
     env = {**os.environ, "DATABASE_URL": database_url, "AI_JOBS_STORE": "postgres", "PYTHONPATH": str(REPO),
            "AI_JOBS_DEMO_JOB_TYPES": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "ai_jobs.cli", "worker", "--lease-seconds", str(lease), "--poll-interval", "0.05"],
+        [sys.executable, "-m", "ai_jobs.cli", "worker", "--lease-seconds", str(lease), "--poll-interval", "0.05",
+         "--batch", str(batch)],
         env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
 
@@ -82,7 +83,11 @@ def run_crash_test(
     lease: int = 2,
     timeout: float = 600,
     seed: int = 7,
+    batch: int = 1,
 ) -> CrashReport:
+    """`batch` > 1: workers claim that many jobs at once, and each batch's completions
+    ride on the next claim (the fast path), so kills also land between a finished
+    batch and its write."""
     rng = random.Random(seed)
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(AUDIT)
@@ -95,7 +100,7 @@ def run_crash_test(
             (user, steps, step_seconds, jobs),
         )
     started = time.monotonic()
-    procs = [_worker(database_url, lease) for _ in range(workers)]
+    procs = [_worker(database_url, lease, batch) for _ in range(workers)]
     kills = 0
     next_kill = started + kill_every * rng.uniform(0.5, 1.5)
     try:
@@ -111,7 +116,7 @@ def run_crash_test(
                     victim = rng.randrange(len(procs))
                     procs[victim].send_signal(signal.SIGKILL)
                     procs[victim].wait()
-                    procs[victim] = _worker(database_url, lease)
+                    procs[victim] = _worker(database_url, lease, batch)
                     kills += 1
                     next_kill = now + kill_every * rng.uniform(0.5, 1.5)
                 time.sleep(0.02)
@@ -179,6 +184,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--kill-every", type=float, default=1.0)
+    parser.add_argument("--batch", type=int, default=1, help="jobs each worker claims at once (`ai-jobs worker --batch`)")
     args = parser.parse_args()
     database_url = os.environ.get("DATABASE_URL")
     server = None
@@ -194,7 +200,7 @@ def main() -> None:
         migrate(database_url)
     report = run_crash_test(
         database_url, jobs=args.jobs, steps=args.steps, step_seconds=args.step_seconds, workers=args.workers,
-        max_kills=args.kills, kill_every=args.kill_every,
+        max_kills=args.kills, kill_every=args.kill_every, batch=args.batch,
     )
     for key, value in report.__dict__.items():
         print(f"{key:26} {value}")

@@ -1,8 +1,14 @@
 """Latency and cost per job, on a throwaway embedded PostgreSQL.
 
 1. enqueue -> start, p50/p95: (a) the serverless path, POST /api/jobs with the
-   hand-off to the local worker endpoint (`ai-jobs dev`); (b) a long-lived
-   `ai-jobs worker` polling every 0.1 s. Measured as started_at - created_at.
+   hand-off to the local worker endpoint (`ai-jobs dev`), measured as started_at -
+   created_at; (b) a long-lived `ai-jobs worker` polling every 0.1 s
+   (AI_JOBS_WORKER_WAKEUP=poll); (c) the same worker woken by LISTEN/NOTIFY
+   (AI_JOBS_WORKER_WAKEUP=listen, 1 s safety poll); (d) PgQueuer 1.6 (its worker
+   LISTENs too; batch 10, asyncpg). (b)-(d): from the wall clock just before the
+   enqueue call to the job's start (ai-jobs: the claim's started_at; PgQueuer: the
+   first line of the handler), jobs enqueued one at a time 50 ms apart, on the same
+   database, one after the other.
 2. Database writes per job: SQL function calls for one example.countdown job,
    with and without a chatty handler (progress coalescing).
 3. Recovery: SIGKILL a worker holding a job (default 30 s lease); time until a
@@ -67,28 +73,84 @@ def handoff_path(jobs: int) -> tuple[float, float]:
     return statistics.median(values), pct(values, 0.95)
 
 
-def _worker(database_url: str, *extra: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "DATABASE_URL": database_url, "AI_JOBS_STORE": "postgres", "PYTHONPATH": str(REPO)}
+def _worker(database_url: str, *extra: str, wakeup: str = "auto") -> subprocess.Popen[bytes]:
+    env = {**os.environ, "DATABASE_URL": database_url, "AI_JOBS_STORE": "postgres", "PYTHONPATH": str(REPO),
+           "AI_JOBS_WORKER_WAKEUP": wakeup}
     return subprocess.Popen([sys.executable, "-m", "ai_jobs.cli", "worker", *extra], env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def polling_path(database_url: str, user: str, jobs: int) -> tuple[float, float]:
-    worker = _worker(database_url, "--poll-interval", "0.1")
-    time.sleep(2)  # imports done, the worker is waiting
-    ids = []
+def worker_path(database_url: str, user: str, jobs: int, wakeup: str, poll: float) -> tuple[float, float]:
+    """enqueue -> start for a long-lived worker, from the wall clock before each enqueue."""
+    worker = _worker(database_url, "--poll-interval", str(poll), wakeup=wakeup)
+    time.sleep(3)  # imports done, the worker is waiting
+    sent: dict[str, float] = {}
     try:
         with psycopg.connect(database_url, autocommit=True) as conn:
             for _ in range(jobs):
-                ids.append(str(conn.execute(
-                    "select (public.ai_jobs_enqueue_v1(p_user_id => %s, p_job_type => 'example.countdown',"
-                    " p_input => '{\"steps\": 1, \"step_seconds\": 0}') -> 'job' ->> 'id')", (user,)).fetchone()[0]))
+                t0 = time.time()
+                job_id = str(conn.execute(
+                    "select (public.ai_jobs_enqueue_v3(p_user_id => %s, p_job_type => 'example.countdown',"
+                    " p_input => '{\"steps\": 1, \"step_seconds\": 0}') -> 'job' ->> 'id')", (user,)).fetchone()[0])
+                sent[job_id] = t0
                 time.sleep(0.05)
-        time.sleep(1)
-        values = start_latencies(database_url, ids)
+            time.sleep(1)
+            rows = conn.execute("select id::text, extract(epoch from started_at) from public.ai_jobs "
+                                "where id = any(%s::uuid[])", (list(sent),)).fetchall()
     finally:
         worker.terminate()
         worker.wait(timeout=10)
+    values = [(float(started) - sent[job_id]) * 1000 for job_id, started in rows if started is not None]
+    if len(values) < jobs:
+        print(f"  warning: {jobs - len(values)} of {jobs} jobs had not started", flush=True)
+    return statistics.median(values), pct(values, 0.95)
+
+
+def pgqueuer_path(database_url: str, jobs: int) -> tuple[float, float]:
+    """The same measurement for PgQueuer (installed with `pgq install`), whose
+    worker is woken by LISTEN/NOTIFY."""
+    import asyncio
+
+    subprocess.run([sys.executable, "-m", "pgqueuer", "--pg-dsn", database_url, "install"], cwd=REPO,
+                   check=True, capture_output=True, timeout=120)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("create table if not exists bench_pgq_latency (tag text primary key, started double precision)")
+    env = {**os.environ, "BENCH_PG_DSN": database_url, "BENCH_LATENCY_TABLE": "bench_pgq_latency",
+           "PYTHONPATH": str(REPO)}
+    worker = subprocess.Popen([sys.executable, "-m", "bench.competitors.pgqueuer_worker", "--batch-size", "10"],
+                              env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(3)
+    sent: dict[str, float] = {}
+
+    async def enqueue_all() -> None:
+        import asyncpg
+        from pgqueuer.db import AsyncpgDriver
+        from pgqueuer.queries import Queries
+
+        from bench.competitors.pgqueuer_app import ENTRYPOINT
+
+        conn = await asyncpg.connect(database_url)
+        try:
+            queries = Queries(AsyncpgDriver(conn))
+            for i in range(jobs):
+                tag = f"j{i}"
+                sent[tag] = time.time()
+                await queries.enqueue(ENTRYPOINT, tag.encode(), 0)
+                await asyncio.sleep(0.05)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(enqueue_all())
+        time.sleep(1)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            rows = conn.execute("select tag, started from bench_pgq_latency").fetchall()
+    finally:
+        worker.terminate()
+        worker.wait(timeout=10)
+    values = [(started - sent[tag]) * 1000 for tag, started in rows if tag in sent]
+    if len(values) < jobs:
+        print(f"  warning: {jobs - len(values)} of {jobs} PgQueuer jobs had not started", flush=True)
     return statistics.median(values), pct(values, 0.95)
 
 
@@ -160,6 +222,7 @@ def recovery(database_url: str, user: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--jobs", type=int, default=200)
+    parser.add_argument("--skip-pgqueuer", action="store_true", help="without PgQueuer (not installed)")
     args = parser.parse_args()
     import pgserver
 
@@ -171,11 +234,20 @@ def main() -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
         user = str(conn.execute("insert into auth.users (id) values (gen_random_uuid()) returning id").fetchone()[0])
 
+    load_start = os.getloadavg()
     p50, p95 = handoff_path(args.jobs)
     print("| enqueue -> start | p50 ms | p95 ms |\n|---|---|---|")
-    print(f"| POST /api/jobs with hand-off to the worker endpoint (ai-jobs dev) | {p50:.1f} | {p95:.1f} |")
-    p50, p95 = polling_path(database_url, user, args.jobs)
-    print(f"| ai-jobs worker polling every 0.1 s | {p50:.1f} | {p95:.1f} |")
+    print(f"| POST /api/jobs with hand-off to the worker endpoint (ai-jobs dev) | {p50:.1f} | {p95:.1f} |", flush=True)
+    p50, p95 = worker_path(database_url, user, args.jobs, "poll", 0.1)
+    print(f"| ai-jobs worker polling every 0.1 s (AI_JOBS_WORKER_WAKEUP=poll) | {p50:.1f} | {p95:.1f} |", flush=True)
+    p50, p95 = worker_path(database_url, user, args.jobs, "listen", 1.0)
+    print(f"| ai-jobs worker woken by LISTEN/NOTIFY (AI_JOBS_WORKER_WAKEUP=listen) | {p50:.1f} | {p95:.1f} |",
+          flush=True)
+    if not args.skip_pgqueuer:
+        p50, p95 = pgqueuer_path(database_url, args.jobs)
+        print(f"| PgQueuer 1.6 worker (LISTEN/NOTIFY, batch 10, asyncpg) | {p50:.1f} | {p95:.1f} |", flush=True)
+    load_end = os.getloadavg()
+    print(f"\n1-minute load average: {load_start[0]:.2f} at start, {load_end[0]:.2f} after the latency runs")
     print("\n| job | SQL calls | breakdown |\n|---|---|---|")
     for label, calls in writes_per_job(database_url, user).items():
         total = calls.pop("total")  # type: ignore[union-attr]

@@ -1,9 +1,13 @@
-"""Side-by-side queue throughput: ai-jobs vs PgQueuer vs Procrastinate.
+"""Side-by-side queue throughput: ai-jobs vs PgQueuer, Procrastinate, pgmq and DBOS.
 
     .venv/bin/python bench/throughput.py --jobs 20000 --workers 1 2 4
+    .venv/bin/python bench/throughput.py --ai-jobs-variant before=/tmp/old/shared/src ...
 
-One throwaway embedded PostgreSQL (the `pgserver` wheel) holds all three
-schemas. For every system and worker count N:
+One throwaway embedded PostgreSQL (the `pgserver` wheel) holds every system's
+schema. First, enqueue throughput: --enqueue-jobs jobs one call each (single) and
+through each system's bulk API (bulk), timed from this process. Then, round by
+round, for every worker count N and, back to back, every system (so the runs whose
+ratio is reported ran seconds apart on a machine whose load drifts):
 
 1. M no-op jobs are enqueued in bulk (not timed), then the table is ANALYZEd
    and a CHECKPOINT is taken so that no run inherits the previous run's I/O.
@@ -20,9 +24,17 @@ schemas. For every system and worker count N:
    emptied and VACUUMed.
 
 Each worker is a separate OS process: `python -m ai_jobs.cli worker`,
-`python -m procrastinate worker`, and for PgQueuer `bench/competitors/pgqueuer_worker.py`,
+`python -m procrastinate worker`, for PgQueuer `bench/competitors/pgqueuer_worker.py`,
 which calls `pgqueuer.run()` exactly as `pgq run` does (that CLI fails to start
-with the typer release installed here).
+with the typer release installed here), for pgmq `bench/competitors/pgmq_worker.py`
+(read a batch, archive it) and for DBOS `bench/competitors/dbos_app.py`.
+pgmq's SQL is installed from the `pgmq` PyPI package (it ships the extension's SQL
+as package data: `pgmq.install.install_pgmq_from_sql`), no extension build needed.
+
+`--ai-jobs-variant NAME=SRC` adds "ai-jobs@NAME": the same worker run from another
+copy of the package (SRC is the folder holding `ai_jobs`, e.g. `git archive`d from an
+older commit), so before/after figures come from the same run and database.
+The load average (`os.getloadavg()`) is recorded before and after every run.
 
 Results: a markdown table on stdout, bench/results/throughput.json (raw, with
 the samples) and bench/throughput.png (needs matplotlib; skipped without it).
@@ -57,8 +69,9 @@ BENCH = REPO / "bench"
 PY = sys.executable
 
 MIN_INTERVALS = 10  # fewer sample intervals in the steady-state window: coarse figure
-SYSTEMS = ("ai-jobs", "pgqueuer", "procrastinate")
-LABELS = {"ai-jobs": "ai-jobs", "pgqueuer": "PgQueuer", "procrastinate": "Procrastinate"}
+SYSTEMS = ("ai-jobs", "pgqueuer", "procrastinate", "pgmq", "dbos")
+LABELS = {"ai-jobs": "ai-jobs", "pgqueuer": "PgQueuer", "procrastinate": "Procrastinate", "pgmq": "pgmq",
+          "dbos": "DBOS"}
 
 
 # -- helpers -----------------------------------------------------------------------------
@@ -95,6 +108,9 @@ class Options:
     ai_jobs_poll_interval: float
     pgq_batch_size: int
     procrastinate_concurrency: int
+    pgmq_batch_size: int = 10
+    dbos_worker_concurrency: int = 100
+    dbos_polling_interval: float = 0.01
 
 
 class System:
@@ -112,6 +128,14 @@ class System:
     def install(self) -> None: ...
 
     def enqueue(self, m: int) -> None: ...
+
+    def enqueue_single(self, m: int) -> None:
+        """m jobs, one client call (and commit) each, through the system's own API."""
+        raise NotImplementedError
+
+    def enqueue_bulk(self, m: int) -> None:
+        """m jobs through the system's bulk API."""
+        raise NotImplementedError
 
     def clean(self) -> None: ...
 
@@ -133,6 +157,7 @@ class System:
 
 class AiJobs(System):
     key = "ai-jobs"
+    source = ""  # another copy of the package to run (a variant), else this checkout
     queue_table = "public.ai_jobs"
     remaining_sql = "select count(*) from public.ai_jobs where status in ('pending', 'running')"
     succeeded_sql = "select count(*) from public.ai_jobs where status = 'completed'"
@@ -140,7 +165,7 @@ class AiJobs(System):
     def install(self) -> None:
         from ai_jobs.database.migrations import migrate
 
-        migrate(self.uri)
+        migrate(self.uri)  # idempotent: variants share the schema
         with psycopg.connect(self.uri, autocommit=True) as conn:
             row = conn.execute("insert into auth.users (id) values (gen_random_uuid()) returning id").fetchone()
         assert row is not None
@@ -152,6 +177,7 @@ class AiJobs(System):
         self.batch_supported = "--batch" in help_text
         self.settings = {
             "command": "python -m ai_jobs.cli worker",
+            "source": self.source or "this checkout",
             "poll_interval": self.opts.ai_jobs_poll_interval,
             "batch": self.opts.ai_jobs_batch if self.batch_supported else None,
             "batch_option_available": self.batch_supported,
@@ -164,6 +190,26 @@ class AiJobs(System):
             (self.user_id, m),
         )
 
+    def _new_jobs(self, m: int) -> list[Any]:
+        from ai_jobs.models import NewJob
+
+        return [NewJob(user_id=self.user_id, job_type="bench.noop", input={"n": i}) for i in range(m)]
+
+    def enqueue_single(self, m: int) -> None:
+        from ai_jobs.store.postgres import PostgresStore
+
+        with PostgresStore(self.uri, max_size=1) as store:
+            for job in self._new_jobs(m):
+                store.enqueue(job)
+
+    def enqueue_bulk(self, m: int) -> None:
+        from ai_jobs.store.postgres import PostgresStore
+
+        jobs = self._new_jobs(m)
+        with PostgresStore(self.uri, max_size=1) as store:
+            for start in range(0, m, 1000):
+                store.enqueue_many(jobs[start:start + 1000])
+
     def clean(self) -> None:
         self.sql("delete from public.ai_jobs")
 
@@ -175,6 +221,8 @@ class AiJobs(System):
 
     def worker_env(self, app_uri: str) -> dict[str, str]:
         env = base_env(app_uri)
+        if self.source:
+            env["PYTHONPATH"] = os.pathsep.join([self.source, env["PYTHONPATH"]])
         env.update({
             "DATABASE_URL": app_uri,
             "AI_JOBS_STORE": "postgres",
@@ -226,6 +274,22 @@ class PgQueuerSystem(System):
                 await conn.close()
 
         asyncio.run(go())
+
+    def enqueue_single(self, m: int) -> None:
+        from bench.competitors.pgqueuer_app import ENTRYPOINT
+
+        async def go() -> None:
+            conn, queries = await self._queries()
+            try:
+                for i in range(m):
+                    await queries.enqueue(ENTRYPOINT, str(i).encode(), 0)
+            finally:
+                await conn.close()
+
+        asyncio.run(go())
+
+    def enqueue_bulk(self, m: int) -> None:
+        self.enqueue(m)
 
     def clean(self) -> None:
         async def go() -> None:
@@ -282,6 +346,20 @@ class ProcrastinateSystem(System):
 
         asyncio.run(go())
 
+    def enqueue_single(self, m: int) -> None:
+        os.environ["BENCH_PG_DSN"] = self.uri
+        from bench.competitors.procrastinate_app import app, bench_noop
+
+        async def go() -> None:
+            async with app.open_async():
+                for i in range(m):
+                    await bench_noop.defer_async(n=i)
+
+        asyncio.run(go())
+
+    def enqueue_bulk(self, m: int) -> None:
+        self.enqueue(m)
+
     def clean(self) -> None:
         # events go with their jobs (ON DELETE CASCADE); SIGKILLed workers may leave rows behind
         self.sql("delete from procrastinate_jobs")
@@ -297,6 +375,129 @@ class ProcrastinateSystem(System):
         return env
 
 
+class PgmqSystem(System):
+    key = "pgmq"
+    queue_table = "pgmq.q_bench"
+    extra_tables = ("pgmq.a_bench",)
+    remaining_sql = "select count(*) from pgmq.q_bench"
+    succeeded_sql = "select count(*) from pgmq.a_bench"
+
+    def _queue(self) -> Any:
+        from bench.competitors.pgmq_worker import open_queue
+
+        return open_queue(self.uri)
+
+    def install(self) -> None:
+        # pgmq as plain SQL, from the SQL file its PyPI package ships (no extension build)
+        from pgmq.install import get_embedded_sql_version, install_pgmq_from_sql
+
+        with psycopg.connect(self.uri) as conn:  # the client parses URIs without ?host= (our socket)
+            install_pgmq_from_sql(conn=conn)
+            conn.commit()
+        queue = self._queue()
+        try:
+            queue.create_queue("bench")
+        finally:
+            queue.pool.close()
+        self.settings = {
+            "command": "python -m bench.competitors.pgmq_worker (read batch, archive batch)",
+            "sql": f"pgmq {get_embedded_sql_version()} from the pgmq {version_of('pgmq')} package (plain SQL)",
+            "batch_size": self.opts.pgmq_batch_size,
+            "visibility_timeout_s": 30,
+            "idle": "read_with_poll, 10 ms interval",
+        }
+
+    def enqueue(self, m: int) -> None:
+        self.enqueue_bulk(m)
+
+    def enqueue_single(self, m: int) -> None:
+        queue = self._queue()
+        try:
+            for i in range(m):
+                queue.send("bench", {"n": i})
+        finally:
+            queue.pool.close()
+
+    def enqueue_bulk(self, m: int) -> None:
+        queue = self._queue()
+        try:
+            for start in range(0, m, 1000):
+                queue.send_batch("bench", [{"n": start + i} for i in range(min(1000, m - start))])
+        finally:
+            queue.pool.close()
+
+    def clean(self) -> None:
+        self.sql("select pgmq.purge_queue('bench')")
+        self.sql("truncate pgmq.a_bench")
+
+    def worker_argv(self) -> list[str]:
+        return [PY, "-m", "bench.competitors.pgmq_worker", "--batch-size", str(self.opts.pgmq_batch_size)]
+
+
+class DbosSystem(System):
+    key = "dbos"
+    queue_table = "dbos.workflow_status"
+    remaining_sql = ("select count(*) from dbos.workflow_status "
+                     "where queue_name = 'bench' and status in ('ENQUEUED', 'PENDING')")
+    succeeded_sql = "select count(*) from dbos.workflow_status where queue_name = 'bench' and status = 'SUCCESS'"
+
+    def install(self) -> None:
+        subprocess.run([PY, "-m", "bench.competitors.dbos_app", "--install",
+                        "--worker-concurrency", str(self.opts.dbos_worker_concurrency),
+                        "--polling-interval", str(self.opts.dbos_polling_interval)],
+                       cwd=REPO, env=base_env(self.uri), check=True, capture_output=True, text=True, timeout=120)
+        self.settings = {
+            "command": "python -m bench.competitors.dbos_app (DBOS.launch(), queue 'bench')",
+            "workflow": "no-op @DBOS.workflow, no steps",
+            "worker_concurrency": self.opts.dbos_worker_concurrency,
+            "polling_interval_sec": self.opts.dbos_polling_interval,
+            "executor_id": "one per process",
+        }
+
+    def _client(self) -> Any:
+        from dbos import DBOSClient
+
+        return DBOSClient(system_database_url=self.uri)
+
+    def _options(self) -> dict[str, Any]:
+        from bench.competitors.dbos_app import APP, QUEUE, VERSION
+
+        return {"queue_name": QUEUE, "workflow_name": "bench_noop", "app_version": VERSION, "application_name": APP}
+
+    def enqueue(self, m: int) -> None:
+        self.enqueue_bulk(m)
+
+    def enqueue_single(self, m: int) -> None:
+        client = self._client()
+        try:
+            options = self._options()
+            for i in range(m):
+                client.enqueue(options, i)  # type: ignore[arg-type]
+        finally:
+            client.destroy()
+
+    def enqueue_bulk(self, m: int) -> None:
+        # DBOS has no bulk enqueue: many enqueues in one transaction is its closest form
+        client = self._client()
+        try:
+            options = self._options()
+            engine = client._sys_db.engine
+            for start in range(0, m, 1000):
+                with engine.begin() as conn:
+                    for i in range(start, min(start + 1000, m)):
+                        client.enqueue_in_transaction(conn, options, i)  # type: ignore[arg-type]
+        finally:
+            client.destroy()
+
+    def clean(self) -> None:
+        self.sql("delete from dbos.workflow_status where queue_name = 'bench'")
+
+    def worker_argv(self) -> list[str]:
+        return [PY, "-m", "bench.competitors.dbos_app",
+                "--worker-concurrency", str(self.opts.dbos_worker_concurrency),
+                "--polling-interval", str(self.opts.dbos_polling_interval)]
+
+
 def _has(module: str) -> bool:
     import importlib.util
 
@@ -304,7 +505,17 @@ def _has(module: str) -> bool:
 
 
 def make_system(key: str, uri: str, opts: Options) -> System:
-    return {"ai-jobs": AiJobs, "pgqueuer": PgQueuerSystem, "procrastinate": ProcrastinateSystem}[key](uri, opts)
+    classes = {"ai-jobs": AiJobs, "pgqueuer": PgQueuerSystem, "procrastinate": ProcrastinateSystem,
+               "pgmq": PgmqSystem, "dbos": DbosSystem}
+    return classes[key](uri, opts)
+
+
+def make_variant(name: str, source: str, uri: str, opts: Options) -> AiJobs:
+    system = AiJobs(uri, opts)
+    system.key = f"ai-jobs@{name}"
+    system.source = str(Path(source).resolve())
+    LABELS[system.key] = system.key
+    return system
 
 
 # -- one run -----------------------------------------------------------------------------
@@ -331,6 +542,7 @@ class RunResult:
     worker_exit_codes: list[int | None] = field(default_factory=list)
     error: str | None = None
     load_avg_before: tuple[float, float, float] | None = None  # other load on the host skews results
+    load_avg_after: tuple[float, float, float] | None = None
     samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds since gate opened, remaining)
 
 
@@ -456,6 +668,7 @@ def run_once(system: System, n: int, m: int, args: argparse.Namespace, log_dir: 
         gate.close()
         monitor.close()
         result.worker_exit_codes = stop_workers(procs, args.stop_grace)
+        result.load_avg_after = os.getloadavg()
 
     with psycopg.connect(system.uri, autocommit=True) as conn:
         result.succeeded = conn.execute(system.succeeded_sql).fetchone()[0]  # type: ignore[index]
@@ -524,17 +737,76 @@ def table(summaries: list[Summary]) -> str:
     return "\n".join(rows)
 
 
-def ratios(summaries: list[Summary], workers: list[int]) -> str:
-    by = {(s.system, s.workers): s.steady_jobs_per_s for s in summaries}
-    rows = ["| workers | ai-jobs / PgQueuer | ai-jobs / Procrastinate |", "|---:|---:|---:|"]
+def ratios(results: list[RunResult], systems: list[str], workers: list[int], ours: str = "ai-jobs") -> str:
+    """ours / each other system, per round (runs of the same round ran back to back):
+    the median over rounds, with min–max when there are several."""
+    others = [k for k in systems if k != ours]
+    rows = ["| workers | " + " | ".join(f"{ours} / {LABELS[o]}" for o in others) + " |",
+            "|---:|" + "---:|" * len(others)]
     for n in workers:
-        ours = by.get(("ai-jobs", n))
         cells = []
-        for other in ("pgqueuer", "procrastinate"):
-            theirs = by.get((other, n))
-            cells.append(f"{ours / theirs:.2f}×" if ours and theirs else "—")
-        rows.append(f"| {n} | {cells[0]} | {cells[1]} |")
+        for other in others:
+            per_round = []
+            for r in results:
+                if r.system != ours or r.workers != n or r.steady_jobs_per_s is None:
+                    continue
+                theirs = next((x for x in results if x.system == other and x.workers == n and x.repeat == r.repeat
+                               and x.steady_jobs_per_s), None)
+                if theirs is not None:
+                    per_round.append(r.steady_jobs_per_s / theirs.steady_jobs_per_s)  # type: ignore[operator]
+            if not per_round:
+                cells.append("—")
+            elif len(per_round) == 1:
+                cells.append(f"{per_round[0]:.2f}×")
+            else:
+                cells.append(f"{statistics.median(per_round):.2f}× ({min(per_round):.2f}–{max(per_round):.2f})")
+        rows.append(f"| {n} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
+
+
+def load_line(results: list[RunResult]) -> str:
+    before = [r.load_avg_before[0] for r in results if r.load_avg_before]
+    after = [r.load_avg_after[0] for r in results if r.load_avg_after]
+    if not before:
+        return "load average: —"
+    return (f"1-minute load average (2 = both cores busy): before each run {min(before):.2f}–{max(before):.2f}, "
+            f"after each run {min(after, default=0):.2f}–{max(after, default=0):.2f}")
+
+
+@dataclass
+class EnqueueResult:
+    system: str
+    mode: str  # single | bulk
+    jobs: int
+    seconds: float
+    jobs_per_s: float
+
+
+def measure_enqueue(system: System, single: int, bulk: int) -> list[EnqueueResult]:
+    out = []
+    for mode, m, fn in (("single", single, system.enqueue_single), ("bulk", bulk, system.enqueue_bulk)):
+        if m <= 0:
+            continue
+        t = time.perf_counter()
+        fn(m)
+        seconds = time.perf_counter() - t
+        out.append(EnqueueResult(system.key, mode, m, round(seconds, 3), round(m / seconds, 1)))
+        system.clean()
+    return out
+
+
+def enqueue_table(rows: list[EnqueueResult]) -> str:
+    by = {(r.system, r.mode): r for r in rows}
+    keys = list(dict.fromkeys(r.system for r in rows))
+    lines = ["| system | single: jobs/s (one call each) | bulk: jobs/s | bulk API |", "|---|---:|---:|---|"]
+    api = {"ai-jobs": "`enqueue_many` (1,000 per call)", "pgqueuer": "`Queries.enqueue([...])` (5,000 per call)",
+           "procrastinate": "`batch_defer_async` (5,000 per call)", "pgmq": "`send_batch` (1,000 per call)",
+           "dbos": "no bulk API: 1,000 `enqueue_in_transaction` per transaction"}
+    for k in keys:
+        single, bulk = by.get((k, "single")), by.get((k, "bulk"))
+        lines.append(f"| {LABELS.get(k, k)} | {fmt(single.jobs_per_s) if single else '—'} | "
+                     f"{fmt(bulk.jobs_per_s) if bulk else '—'} | {api.get(k, '')} |")
+    return "\n".join(lines)
 
 
 def chart(summaries: list[Summary], workers: list[int], systems: list[str], path: Path, title: str) -> bool:
@@ -588,6 +860,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ai-jobs-poll-interval", type=float, default=0.05)
     p.add_argument("--pgq-batch-size", type=int, default=10, help="PgQueuer dequeue batch size (its default)")
     p.add_argument("--procrastinate-concurrency", type=int, default=10, help="Procrastinate sub-workers per process")
+    p.add_argument("--pgmq-batch-size", type=int, default=10, help="pgmq messages read per call")
+    p.add_argument("--dbos-worker-concurrency", type=int, default=100, help="DBOS workflows per process at once")
+    p.add_argument("--dbos-polling-interval", type=float, default=0.01, help="DBOS queue polling interval (s)")
+    p.add_argument("--ai-jobs-variant", action="append", default=[], metavar="NAME=SRC",
+                   help="also run the ai-jobs worker from SRC (a folder holding the ai_jobs package) as ai-jobs@NAME")
+    p.add_argument("--enqueue-single", type=int, default=1000, help="jobs enqueued one call each (0: skip)")
+    p.add_argument("--enqueue-bulk", type=int, default=10000, help="jobs enqueued through the bulk API (0: skip)")
     p.add_argument("--json", type=Path, default=BENCH / "results" / "throughput.json")
     p.add_argument("--png", type=Path, default=BENCH / "throughput.png")
     p.add_argument("--keep-logs", action="store_true", help="keep worker logs (printed path)")
@@ -602,12 +881,15 @@ def main(argv: list[str] | None = None) -> int:
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
         import pgserver
 
-    opts = Options(args.ai_jobs_batch, args.ai_jobs_poll_interval, args.pgq_batch_size, args.procrastinate_concurrency)
+    opts = Options(args.ai_jobs_batch, args.ai_jobs_poll_interval, args.pgq_batch_size, args.procrastinate_concurrency,
+                   args.pgmq_batch_size, args.dbos_worker_concurrency, args.dbos_polling_interval)
+    load_at_start = os.getloadavg()
     data_dir = tempfile.mkdtemp(prefix="tp", dir="/tmp")  # short: the unix socket lives here
     log_dir = Path(tempfile.mkdtemp(prefix="tplogs", dir="/tmp"))
     started = dt.datetime.now(dt.timezone.utc)
     t_start = time.perf_counter()
     results: list[RunResult] = []
+    enqueues: list[EnqueueResult] = []
     systems: list[System] = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -623,13 +905,31 @@ def main(argv: list[str] | None = None) -> int:
             system = make_system(key, uri, opts)
             system.install()
             systems.append(system)
+            if key == "ai-jobs":
+                for spec in args.ai_jobs_variant:
+                    name, _, source = spec.partition("=")
+                    variant = make_variant(name, source, uri, opts)
+                    variant.install()
+                    systems.append(variant)
         print("schemas installed: " + ", ".join(LABELS[s.key] for s in systems), flush=True)
         for s in systems:
             print(f"  {LABELS[s.key]}: {json.dumps(s.settings)}", flush=True)
 
+        for system in systems:
+            if system.key not in SYSTEMS:
+                continue  # variants: the same enqueue
+            print(f"{LABELS[system.key]}: enqueue {args.enqueue_single} single, {args.enqueue_bulk} bulk ...", flush=True)
+            try:
+                enqueues.extend(measure_enqueue(system, args.enqueue_single, args.enqueue_bulk))
+            except Exception as exc:  # noqa: BLE001
+                print(f"  enqueue measurement failed: {exc!r}", flush=True)
+                system.clean()
+
+        # systems back to back per worker count, so the runs compared ran within seconds of
+        # each other (the load of a shared machine drifts over minutes)
         for repeat in range(args.repeat):
-            for system in systems:
-                for n in args.workers:
+            for n in args.workers:
+                for system in systems:
                     round_note = f" (round {repeat + 1}/{args.repeat})" if args.repeat > 1 else ""
                     print(f"{LABELS[system.key]}, {n} worker(s), {args.jobs} jobs{round_note} ...", flush=True)
                     try:
@@ -657,19 +957,30 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(summaries))
     print()
-    print("Ratio of steady-state throughput (ai-jobs divided by the other; > 1 means ai-jobs is faster):")
+    load_at_end = os.getloadavg()
+    keys = [s.key for s in systems]
+    print("Ratio of steady-state throughput per round (ai-jobs divided by the other; > 1 means ai-jobs is faster):")
     print()
-    print(ratios(summaries, args.workers))
+    print(ratios(results, keys, args.workers))
     print()
+    print(load_line(results) + f"; at start {load_at_start[0]:.2f}, at end {load_at_end[0]:.2f}")
+    print()
+    if enqueues:
+        print("Enqueue throughput, from one client process:")
+        print()
+        print(enqueue_table(enqueues))
+        print()
 
     meta = {
         "started_at": started.isoformat(timespec="seconds"),
         "total_s": round(time.perf_counter() - t_start, 1),
         "command": " ".join([Path(PY).name, *sys.argv]) if argv is None else None,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "host": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "host": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                 "load_avg_at_start": load_at_start, "load_avg_at_end": load_at_end},
         "postgres": {"version": pg_version, **pg_settings},
-        "versions": {d: version_of(d) for d in ("ai-jobs", "pgqueuer", "procrastinate", "asyncpg", "psycopg", "pgserver")},
+        "versions": {d: version_of(d) for d in ("ai-jobs", "pgqueuer", "procrastinate", "pgmq", "dbos", "asyncpg",
+                                                 "psycopg", "pgserver")},
         "systems": {s.key: s.settings for s in systems},
         "method": ("steady-state jobs/s = jobs finished between the first sample with remaining < 95% of M "
                    "and the first with remaining < 5% of M, divided by the time between them; "
@@ -681,6 +992,7 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(
         "{\n" + f'"meta": {json.dumps(meta, indent=1)},\n'
         f'"summary": {json.dumps([asdict(s) for s in summaries], indent=1)},\n'
+        f'"enqueue": {json.dumps([asdict(e) for e in enqueues], indent=1)},\n'
         f'"runs": [\n  {runs}\n]\n' + "}\n"
     )
     print(f"raw results: {args.json}")

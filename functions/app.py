@@ -13,9 +13,12 @@ try:
 except ModuleNotFoundError:  # functions-framework loads this file by path, with functions/ on sys.path
     import _bootstrap  # type: ignore[no-redef]  # noqa: F401
 
-from flask import Request, Response
+from typing import TYPE_CHECKING
 
 from ai_jobs.http.app import create_app
+
+if TYPE_CHECKING:
+    from flask import Request, Response
 
 app = create_app()
 
@@ -23,4 +26,6 @@ app = create_app()
 def api(request: Request) -> Response:
     """functions-framework target: hand the request's WSGI environ to `app` as is
     (path, headers and body untouched), so routing and errors are the same."""
+    from flask import Response
+
     return Response.from_app(app.wsgi_app, request.environ)

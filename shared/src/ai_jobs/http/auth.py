@@ -2,7 +2,10 @@
 JWKS (the key set cached for AI_JOBS_JWKS_CACHE_SECONDS, so a key removed from
 it stops working within that time) or the legacy HS256 JWT secret. No network
 round trip per request; the token's `alg` must match its key, and expiry,
-audience, role and (unless allowed) Supabase anonymous sign-ins are checked."""
+audience, role and (unless allowed) Supabase anonymous sign-ins are checked.
+
+PyJWT (and the `cryptography` it loads for asymmetric keys) is imported when a
+verifier is built, on the first authenticated request, not when the app is."""
 
 from __future__ import annotations
 
@@ -10,7 +13,6 @@ import hmac
 from typing import Any
 from uuid import UUID
 
-import jwt
 from pydantic import BaseModel, ConfigDict
 
 from ai_jobs.http.problems import Problem
@@ -61,6 +63,8 @@ class TokenVerifier:
     ) -> None:
         if not jwt_secret and not jwks_url:
             raise ValueError("token verification needs SUPABASE_JWT_SECRET or a JWKS URL")
+        import jwt
+
         self._secret = jwt_secret
         # The key *set* is cached with a lifespan; no per-key cache (cache_keys=True
         # would keep every key ever seen, even after it left the JWKS).
@@ -80,6 +84,8 @@ class TokenVerifier:
     def _signing_key(self, token: str, alg: str) -> Any:
         """The JWKS key the token names, which must be for the token's own `alg`."""
         assert self._jwks is not None
+        import jwt
+
         try:
             jwk = self._jwks.get_signing_key_from_jwt(token)
         except jwt.PyJWKClientConnectionError as exc:
@@ -95,6 +101,8 @@ class TokenVerifier:
         return jwk
 
     def verify(self, token: str) -> Principal:
+        import jwt
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:

@@ -11,7 +11,6 @@ from flask import Request, Response
 from ai_jobs.http import operations
 from ai_jobs.http.auth import require_secret
 from ai_jobs.http.flask_io import job_id_arg, json_response, read_json, read_query, services
-from ai_jobs.http.openapi import openapi_document
 from ai_jobs.http.schemas import CreateJobRequest, Job, ListJobsQuery, WorkRequest
 
 
@@ -77,6 +76,8 @@ def health(request: Request) -> Response:
 
 def openapi(request: Request) -> Response:
     """GET /api/openapi.json"""
+    from ai_jobs.http.openapi import openapi_document  # built on the first request for it, not at cold start
+
     return json_response(openapi_document())
 
 

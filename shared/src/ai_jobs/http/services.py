@@ -1,20 +1,25 @@
 """Everything a request handler needs, built once per process from Settings.
 
 The store, token verifier and dispatcher are created on first use, so
-importing the app (a Vercel cold start) opens no connection."""
+importing the app (a Vercel cold start) opens no connection; their modules
+(psycopg, PyJWT, the dispatcher) and the runner's are imported then too, so a
+request loads only what it uses."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-from ai_jobs.dispatch import Dispatcher
 from ai_jobs.http.auth import Principal, TokenVerifier, bearer_token, unauthorized
 from ai_jobs.registry import JobRegistry, load_job_modules
-from ai_jobs.runner import Runner
 from ai_jobs.settings import Settings
-from ai_jobs.store.base import JobStore
+
+if TYPE_CHECKING:
+    from ai_jobs.dispatch import Dispatcher
+    from ai_jobs.runner import Runner
+    from ai_jobs.store.base import JobStore
 
 
 @dataclass
@@ -51,6 +56,8 @@ class Services:
 
     @cached_property
     def dispatcher(self) -> Dispatcher:
+        from ai_jobs.dispatch import Dispatcher
+
         s = self.settings
         return Dispatcher(
             s.resolved_worker_url(),
@@ -62,6 +69,8 @@ class Services:
 
     def runner(self) -> Runner:
         """A runner for one worker invocation; continuation asks for another invocation."""
+        from ai_jobs.runner import Runner
+
         return Runner(
             self.store,
             self.registry,

@@ -43,6 +43,7 @@ class PostgresStore(JobStore):
         """`timeout` bounds both a new connection (libpq connect_timeout, whole
         seconds, at least 2) and the wait for a free pooled one, so a request
         against a down database fails in seconds instead of the pool's default 30 s."""
+        self.conninfo = conninfo
         prepare_threshold = None if _uses_transaction_pooler(conninfo) else 5
         self._pool = ConnectionPool(
             conninfo,
