@@ -45,6 +45,7 @@ EXCLUDED = [
     "test-artifacts/demo-completed.png",
     ".venv/bin/python",
     "node_modules/left-pad/index.js",
+    "public/node_modules/@supabase/supabase-js/dist/umd/supabase.js",  # ai-jobs dev serves it locally
     "shared/src/ai_jobs/__pycache__/cli.cpython-312.pyc",
     "shared/src/ai_jobs.egg-info/PKG-INFO",
     ".pytest_cache/README.md",

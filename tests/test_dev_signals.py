@@ -211,3 +211,35 @@ def test_worker_stops_on_two_sigterms_and_releases_its_job(pg_store: PostgresSto
     job = pg_store.get(job_id)
     assert job.status is JobStatus.PENDING and job.attempts == 0 and job.locked_by is None
     assert 2 <= len(job.checkpoints) < 40
+
+
+@pytest.mark.parametrize("to", ["process", "group"])
+def test_dev_stops_the_database_it_is_still_starting(tmp_path: Path, to: str) -> None:
+    """SIGTERM while the embedded PostgreSQL starts or migrates (before the server is
+    up): `ai-jobs dev` exits within 5 s and stops the PostgreSQL it started."""
+    data = tmp_path / "data"
+    pgdata = (data / "pgdata").resolve()
+    group = Group([sys.executable, "-m", "ai_jobs.cli", "dev", "--port", "0"], _env(data))
+    try:
+        assert _wait_until(lambda: bool(_postgres_pids(pgdata)) or group.proc.poll() is not None, 60), group.output
+        assert "serving on" not in group.output, "too late: the server was already up"
+        started = time.monotonic()
+        if to == "group":
+            group.signal_group(signal.SIGTERM)
+        else:
+            group.proc.send_signal(signal.SIGTERM)
+        try:
+            group.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"ai-jobs dev still running 5 s after SIGTERM during start-up:\n{group.output}") from None
+        assert _wait_until(lambda: not _postgres_pids(pgdata), 5 - min(time.monotonic() - started, 4)), \
+            f"postgres left running: {_postgres_pids(pgdata)}\n{group.output}"
+        assert "serving on" not in group.output
+        assert "Traceback" not in group.output, group.output
+    finally:
+        group.kill()
+        for pid in _postgres_pids(pgdata):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

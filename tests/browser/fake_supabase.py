@@ -1,21 +1,64 @@
-"""A loopback stand-in for Supabase's hosted edge, for the browser client tests.
+"""The project's Realtime + PostgREST test server: a loopback stand-in for
+Supabase's hosted edge that behaves as the real one does where our browser
+client can go wrong. Every behaviour below is modelled on the named sources
+(realtime-js 2.119.1 in tests/browser/js/node_modules/@supabase; the server is
+github.com/supabase/realtime):
 
-- Realtime: the websocket protocol realtime-js speaks (Phoenix, vsn 2.0.0 JSON
-  array frames): heartbeats, phx_join with postgres_changes bindings and
-  access_token, phx_reply with binding ids, postgres_changes messages,
-  phx_error, phx_leave. Tests control joins and push changes.
-- REST: GET /rest/v1/ai_jobs?id=eq.<uuid>, executed against the test database
-  under the caller's role and JWT claims, as PostgREST does (RLS decides).
-- GET /api/jobs/<id> (the ai-jobs API read, for the polling comparison).
-- Static files: the harness page, public/ai-jobs.js and supabase-js's UMD build.
+Realtime (Phoenix websocket, vsn 2.0.0 JSON array frames; `phoenix` heartbeats):
+- phx_join with `config.postgres_changes` and `access_token` → phx_reply ok with the
+  bindings echoed back with server ids (realtime-js RealtimeChannel.ts
+  `_updatePostgresBindings` matches them; server realtime_channel.ex `join/3`).
+- The join reply comes BEFORE the Postgres subscription is live; the server then
+  pushes `system` {extension: "postgres_changes", status: "ok", message: "Subscribed
+  to PostgreSQL"} (realtime_channel.ex `handle_info(:postgres_subscribe, …)`;
+  realtime-js RealtimeChannel.ts `postgres_changes_options` docs). Changes committed in
+  between are never delivered. `join_delay`, `system_gap` and `hold_system` control it.
+- postgres_changes messages carry `ids` of the matching bindings and `data` {schema,
+  table, commit_timestamp, type, record, old_record, columns, errors}
+  (RealtimeChannel.ts `_updateFilterTransform`, `_getPayloadRecords`).
+- INSERT/UPDATE are sent only to subscribers whose filter matches and whose JWT may
+  SELECT the row under RLS, checked as that role with its claims in the real database
+  (apply_rls.sql: `walrus_rls_stmt` under `set_config('role'…)`, `request.jwt.claims`).
+- DELETE is not RLS-filtered and carries only the primary key in old_record
+  (apply_rls.sql: `if not is_rls_enabled or action = 'DELETE'`, "if RLS enabled, we
+  can't secure deletes so filter to pkey"); here it goes to every ai_jobs subscriber.
+- A row over 1 MB (`max_record_bytes`) arrives with only the values of 64 bytes or
+  less and errors ["Error 413: Payload Too Large"] (apply_rls.sql
+  `error_record_exceeds_max_size`).
+- A join with an expired token is refused; when a joined channel's token expires the
+  server pushes `system` {extension: "system", status: "error", message: "Token has
+  expired N seconds ago"} then `phx_close` (realtime_channel.ex `handle_info(:confirm_token…)`,
+  `shutdown_response/2`; channels_authorization.ex for the message). realtime-js
+  does not rejoin a closed channel (@supabase/phoenix channel.js `onClose`,
+  RealtimeChannel.ts constructor: `_onClose` → `socket._remove`).
+- `access_token` pushes replace the channel's token (and its expiry); an expired
+  one shuts the channel down the same way (realtime_channel.ex
+  `handle_in("access_token", …)`; realtime-js RealtimeClient.ts `_performAuth`).
+- `phx_error` from the server makes realtime-js rejoin by itself (phoenix channel.js
+  `onError` → `rejoinTimer`); `reject_joins` refuses the next joins.
+
+REST (PostgREST): GET /rest/v1/ai_jobs?select=…&id=eq.<uuid> runs against the test
+database as the JWT's role with its claims (tests/rls.py), so RLS decides; an
+expired or bad JWT gets 401 PGRST303/PGRST301. `read_failures` queues failures for
+the next reads: "500", "503", "504" (PGRST003, pool timeout), "drop" (connection
+closed without a response), "slow:<seconds>". postgrest-js retries 503/520 and
+network errors itself (fetchWithRetry.ts), so tests prefer 500/504 to see ours.
+
+Also GET /api/jobs/<id> (the ai-jobs API read, for polling comparisons) and static
+files: the harness page, the client under test (AI_JOBS_CLIENT_DIR overrides
+public/, to run the same tests against another copy) and supabase-js's UMD build.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
+import time
+import uuid
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,23 +82,53 @@ COLUMN_TYPES = {
     "attempts": "int4", "max_attempts": "int4", "input": "jsonb", "result": "jsonb", "error": "jsonb",
     "checkpoints": "jsonb", "metadata": "jsonb", "usage": "jsonb",
 }
-
-
 API_COLUMNS = ",".join(ApiJob.model_fields)
 
 
+def client_dir() -> Path:
+    """Where /ai-jobs.js and /ai-jobs-react.js come from (AI_JOBS_CLIENT_DIR: another copy)."""
+    return Path(os.environ.get("AI_JOBS_CLIENT_DIR") or REPO / "public")
+
+
+@dataclass
+class Channel:
+    ws: web.WebSocketResponse
+    topic: str
+    join_ref: str
+    bindings: list[tuple[int, dict[str, Any]]]
+    claims: dict[str, Any]
+    live: bool = False
+    expiry: asyncio.Task[None] | None = None
+    job_ids: set[str] = field(default_factory=set)
+
+
 class FakeSupabase:
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, store: Any = None) -> None:
         self.database_url = database_url
+        self.store = store  # a PostgresStore: POST /api/jobs/<id>/cancel runs the real request_cancel
+        self.api_tokens: list[str] = []
+        self.cancel_delay = 0.0  # seconds the cancel answer waits after the cancel is done
         self.joins: list[dict[str, Any]] = []
         self.leaves: list[str] = []
+        self.closes: list[str] = []  # topics the server shut down
         self.access_tokens: list[str] = []
         self.rest_reads: Counter[str] = Counter()
+        self.rest_tokens: list[str] = []
+        self.rest_failures_served: list[str] = []
         self.api_reads: Counter[str] = Counter()
+        self.delivered: list[tuple[str, str, str]] = []  # (topic, type, record id)
+        self.dropped: list[tuple[str, str]] = []  # (topic, type): changes before the channel was live
         self.reject_joins = 0
+        self.join_delay = 0.0
+        self.system_gap = 0.05  # seconds from the join reply to "Subscribed to PostgreSQL"
+        self.max_record_bytes = 1024 * 1024
+        self.read_failures: list[str] = []
         self.hold_joins = threading.Event()  # set = hold join replies until release_joins()
+        self.hold_system = threading.Event()  # set = hold "Subscribed to PostgreSQL" until release_system()
         self._release = threading.Event()
-        self._sockets: dict[str, tuple[web.WebSocketResponse, str, list[int]]] = {}
+        self._release_system = threading.Event()
+        self._channels: dict[str, Channel] = {}
+        self._pages: dict[str, tuple[str, str]] = {}
         self._open: set[web.WebSocketResponse] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -65,6 +138,7 @@ class FakeSupabase:
 
     def start(self) -> str:
         ready = threading.Event()
+        public = client_dir()
 
         def run() -> None:
             self._loop = asyncio.new_event_loop()
@@ -72,8 +146,10 @@ class FakeSupabase:
             app.router.add_get("/realtime/v1/websocket", self._websocket)
             app.router.add_get("/rest/v1/ai_jobs", self._rest_read)
             app.router.add_get("/api/jobs/{job_id}", self._api_read)
-            for path, file in (("/", HERE / "realtime_harness.html"), ("/ai-jobs.js", REPO / "public" / "ai-jobs.js"),
-                               ("/supabase.js", SUPABASE_UMD)):
+            app.router.add_post("/api/jobs/{job_id}/cancel", self._api_cancel)
+            app.router.add_get("/pages/{name}", self._page)
+            for path, file in (("/", HERE / "realtime_harness.html"), ("/ai-jobs.js", public / "ai-jobs.js"),
+                               ("/ai-jobs-react.js", public / "ai-jobs-react.js"), ("/supabase.js", SUPABASE_UMD)):
                 app.router.add_get(path, self._static(file))
             self._runner = web.AppRunner(app)
             self._loop.run_until_complete(self._runner.setup())
@@ -96,6 +172,10 @@ class FakeSupabase:
             for ws in list(self._open):
                 await ws.close()
             await self._runner.cleanup()  # type: ignore[union-attr]
+            pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pending:  # held joins, system messages and expiry timers
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(15)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -103,15 +183,35 @@ class FakeSupabase:
     @staticmethod
     def _static(file: Path) -> Any:
         async def handler(request: web.Request) -> web.FileResponse:
-            return web.FileResponse(file)
+            return web.FileResponse(file, headers={"cache-control": "no-store"})
 
         return handler
 
     # -- test controls -----------------------------------------------------------------
 
+    def serve(self, name: str, body: str, content_type: str) -> str:
+        """Serve a test page or bundle from this origin (a page Playwright fulfils itself
+        is refused websocket access to 127.0.0.1 by Chromium's local network checks)."""
+        self._pages[name] = (body, content_type)
+        return f"{self.url}/pages/{name}"
+
+    async def _page(self, request: web.Request) -> web.Response:
+        body, content_type = self._pages[request.match_info["name"]]
+        return web.Response(text=body, content_type=content_type)
+
     def release_joins(self) -> None:
         self.hold_joins.clear()
         self._release.set()
+
+    def release_system(self) -> None:
+        self.hold_system.clear()
+        self._release_system.set()
+
+    def channels_for(self, job_id: str) -> list[str]:
+        return [topic for topic, ch in self._channels.items() if job_id in ch.job_ids]
+
+    def live_channels(self, job_id: str) -> list[str]:
+        return [topic for topic, ch in self._channels.items() if job_id in ch.job_ids and ch.live]
 
     def row(self, job_id: str) -> dict[str, Any]:
         """The row as Realtime sends it (JSON values, timestamps as text; columns the
@@ -120,17 +220,30 @@ class FakeSupabase:
             return conn.execute("select to_jsonb(j) - 'locked_by' from public.ai_jobs j where id = %s",
                                 (job_id,)).fetchone()[0]
 
-    def push_change(self, job_id: str, record: dict[str, Any], kind: str = "UPDATE") -> None:
-        topic = f"realtime:ai-jobs:{job_id}"
-        self._call(self._send_change(topic, record, kind))
+    def push_change(self, job_id: str, record: dict[str, Any] | None = None, kind: str = "UPDATE") -> int:
+        """Send a change as Realtime would (filters, RLS, DELETE, truncation); the number of channels reached."""
+        if record is None and kind != "DELETE":
+            record = self.row(job_id)
+        return self._call(self._send_change(job_id, record or {"id": job_id}, kind))
+
+    def delete_row(self, job_id: str) -> None:
+        """Delete the row (as the table owner) and send the DELETE event Realtime sends."""
+        with psycopg.connect(self.database_url) as conn:
+            conn.execute("delete from public.ai_jobs where id = %s", (job_id,))
+        self.push_change(job_id, {"id": job_id}, "DELETE")
 
     def error_channel(self, job_id: str) -> None:
-        topic = f"realtime:ai-jobs:{job_id}"
-        self._call(self._send_to_topic(topic, "phx_error", {}))
+        for topic in self.channels_for(job_id):
+            self._call(self._send_to_topic(topic, "phx_error", {}, drop=True))
 
-    def _call(self, coro: Any) -> None:
+    def expire_token(self, job_id: str, seconds_ago: int = 0) -> None:
+        """What the server does when a joined channel's token expires: system error, then phx_close."""
+        for topic in self.channels_for(job_id):
+            self._call(self._shutdown(topic, f"Token has expired {seconds_ago} seconds ago"))
+
+    def _call(self, coro: Any) -> Any:
         assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(10)
 
     # -- realtime ----------------------------------------------------------------------
 
@@ -144,48 +257,176 @@ class FakeSupabase:
                 continue
             join_ref, ref, topic, event, payload = json.loads(msg.data)
             if topic == "phoenix" and event == "heartbeat":
-                await ws.send_str(json.dumps([None, ref, "phoenix", "phx_reply", {"status": "ok", "response": {}}]))
+                await self._send(ws, [None, ref, "phoenix", "phx_reply", {"status": "ok", "response": {}}])
             elif event == "phx_join":
                 asyncio.create_task(self._join(ws, join_ref, ref, topic, payload))
             elif event == "access_token":
-                self.access_tokens.append(payload.get("access_token"))
+                await self._access_token(topic, payload.get("access_token"))
             elif event == "phx_leave":
                 self.leaves.append(topic)
-                self._sockets.pop(topic, None)
-                await ws.send_str(json.dumps([join_ref, ref, topic, "phx_reply", {"status": "ok", "response": {}}]))
+                self._forget(topic)
+                await self._send(ws, [join_ref, ref, topic, "phx_reply", {"status": "ok", "response": {}}])
         self._open.discard(ws)
+        for topic in [t for t, ch in self._channels.items() if ch.ws is ws]:
+            self._forget(topic)
         return ws
+
+    @staticmethod
+    async def _send(ws: web.WebSocketResponse, frame: list[Any]) -> None:
+        if not ws.closed:
+            await ws.send_str(json.dumps(frame))
+
+    @staticmethod
+    def _token_claims(token: str | None) -> tuple[dict[str, Any] | None, str | None]:
+        """(claims, None) for a valid user token; (None, reason) otherwise, worded as the server does."""
+        if not token:
+            return {"role": "anon"}, None
+        try:
+            claims = jwt.decode(token, JWT_SECRET, algorithms=["HS256"], audience="authenticated",
+                                options={"verify_exp": False})
+        except jwt.PyJWTError as exc:
+            return None, f"Error parsing JWT: {exc}"
+        exp = claims.get("exp")
+        if not isinstance(exp, int) or "role" not in claims:
+            return None, "Fields `role` and `exp` are required in JWT"
+        if exp <= int(time.time()):
+            return None, f"Token has expired {int(time.time()) - exp} seconds ago"
+        return claims, None
 
     async def _join(self, ws: web.WebSocketResponse, join_ref: str, ref: str, topic: str, payload: dict[str, Any]) -> None:
         self.joins.append({"topic": topic, **payload})
         while self.hold_joins.is_set() and not self._release.is_set():
             await asyncio.sleep(0.02)
+        if self.join_delay:
+            await asyncio.sleep(self.join_delay)
         if self.reject_joins > 0:
             self.reject_joins -= 1
-            await ws.send_str(json.dumps([join_ref, ref, topic, "phx_reply",
-                                          {"status": "error", "response": {"reason": "simulated outage"}}]))
+            await self._send(ws, [join_ref, ref, topic, "phx_reply",
+                                  {"status": "error", "response": {"reason": "simulated outage"}}])
+            return
+        token = payload.get("access_token")
+        if token:
+            self.access_tokens.append(token)
+        claims, refusal = self._token_claims(token)
+        if claims is None:
+            await self._send(ws, [join_ref, ref, topic, "phx_reply", {"status": "error", "response": {"reason": refusal}}])
             return
         bindings = payload.get("config", {}).get("postgres_changes", [])
-        ids = [1000 + i for i in range(len(bindings))]
-        response = {"postgres_changes": [{**b, "id": i} for b, i in zip(bindings, ids)]}
-        self._sockets[topic] = (ws, join_ref, ids)
-        if payload.get("access_token"):
-            self.access_tokens.append(payload["access_token"])
-        await ws.send_str(json.dumps([join_ref, ref, topic, "phx_reply", {"status": "ok", "response": response}]))
+        ids = [(7000 + len(self.joins) * 10 + i, b) for i, b in enumerate(bindings)]
+        channel = Channel(ws=ws, topic=topic, join_ref=join_ref, bindings=ids, claims=claims)
+        for _, binding in ids:
+            if str(binding.get("filter", "")).startswith("id=eq."):
+                channel.job_ids.add(binding["filter"].removeprefix("id=eq."))
+        self._forget(topic)
+        self._channels[topic] = channel
+        response = {"postgres_changes": [{**b, "id": i} for i, b in ids]}
+        await self._send(ws, [join_ref, ref, topic, "phx_reply", {"status": "ok", "response": response}])
+        self._watch_expiry(channel)
+        if ids:
+            asyncio.create_task(self._confirm_subscription(channel))
 
-    async def _send_change(self, topic: str, record: dict[str, Any], kind: str) -> None:
-        ws, join_ref, ids = self._sockets[topic]
-        columns = [{"name": name, "type": COLUMN_TYPES.get(name, "timestamptz" if name.endswith("_at") else "text")}
-                   for name in record]
-        data = {
-            "schema": "public", "table": "ai_jobs", "commit_timestamp": datetime.now(UTC).isoformat(),
-            "type": kind, "record": record, "old_record": {"id": record["id"]}, "columns": columns, "errors": None,
-        }
-        await ws.send_str(json.dumps([None, None, topic, "postgres_changes", {"ids": ids, "data": data}]))
+    async def _confirm_subscription(self, channel: Channel) -> None:
+        await asyncio.sleep(self.system_gap)
+        while self.hold_system.is_set() and not self._release_system.is_set():
+            await asyncio.sleep(0.02)
+        if self._channels.get(channel.topic) is not channel:
+            return
+        channel.live = True
+        await self._send(channel.ws, [None, None, channel.topic, "system", {
+            "extension": "postgres_changes", "status": "ok", "message": "Subscribed to PostgreSQL",
+            "channel": channel.topic.removeprefix("realtime:")}])
 
-    async def _send_to_topic(self, topic: str, event: str, payload: dict[str, Any]) -> None:
-        ws, join_ref, _ = self._sockets.pop(topic)
-        await ws.send_str(json.dumps([join_ref, join_ref, topic, event, payload]))
+    def _watch_expiry(self, channel: Channel) -> None:
+        if channel.expiry:
+            channel.expiry.cancel()
+        exp = channel.claims.get("exp")
+        if not isinstance(exp, int):
+            return
+
+        async def expire() -> None:
+            await asyncio.sleep(max(0.0, exp - time.time()))
+            if self._channels.get(channel.topic) is channel:
+                await self._shutdown(channel.topic, f"Token has expired {max(0, int(time.time()) - exp)} seconds ago")
+
+        channel.expiry = asyncio.create_task(expire())
+
+    async def _access_token(self, topic: str, token: str | None) -> None:
+        if token:
+            self.access_tokens.append(token)
+        channel = self._channels.get(topic)
+        if channel is None or not token:
+            return
+        claims, refusal = self._token_claims(token)
+        if claims is None:
+            await self._shutdown(topic, refusal or "invalid token")
+            return
+        channel.claims = claims
+        self._watch_expiry(channel)
+
+    async def _shutdown(self, topic: str, message: str) -> None:
+        channel = self._channels.get(topic)
+        if channel is None:
+            return
+        self._forget(topic)
+        self.closes.append(topic)
+        await self._send(channel.ws, [channel.join_ref, None, topic, "system", {
+            "extension": "system", "status": "error", "message": message, "channel": topic.removeprefix("realtime:")}])
+        await self._send(channel.ws, [channel.join_ref, channel.join_ref, topic, "phx_close", {}])
+
+    def _forget(self, topic: str) -> None:
+        channel = self._channels.pop(topic, None)
+        if channel and channel.expiry and channel.expiry is not asyncio.current_task():
+            channel.expiry.cancel()
+
+    def _visible_to(self, claims: dict[str, Any], job_id: str) -> bool:
+        with psycopg.connect(self.database_url) as conn, conn.transaction():
+            act_as(conn, claims, path="/realtime")
+            return conn.execute("select exists (select 1 from public.ai_jobs where id = %s)", (job_id,)).fetchone()[0]
+
+    def _truncate(self, record: dict[str, Any]) -> tuple[dict[str, Any], list[str] | None]:
+        if len(json.dumps(record).encode()) <= self.max_record_bytes:
+            return record, None
+        kept = {k: v for k, v in record.items() if k == "id" or len(json.dumps(v).encode()) <= 64}
+        return kept, ["Error 413: Payload Too Large"]
+
+    async def _send_change(self, job_id: str, record: dict[str, Any], kind: str) -> int:
+        loop = asyncio.get_running_loop()
+        sent = 0
+        for topic, channel in list(self._channels.items()):
+            ids = []
+            for bind_id, binding in channel.bindings:
+                if binding.get("table") not in ("ai_jobs", "*") or binding.get("event") not in ("*", kind):
+                    continue
+                if kind == "DELETE" or binding.get("filter") in (None, f"id=eq.{job_id}"):
+                    ids.append(bind_id)
+            if not ids:
+                continue
+            if kind != "DELETE" and not await loop.run_in_executor(None, self._visible_to, channel.claims, job_id):
+                continue
+            if not channel.live:
+                self.dropped.append((topic, kind))
+                continue
+            if kind == "DELETE":
+                new, old, errors = {}, {"id": job_id}, None
+            else:
+                new, errors = self._truncate(record)
+                old = {"id": job_id}
+            columns = [{"name": name, "type": COLUMN_TYPES.get(name, "timestamptz" if name.endswith("_at") else "text")}
+                       for name in (new or old)]
+            data = {"schema": "public", "table": "ai_jobs", "commit_timestamp": datetime.now(UTC).isoformat(),
+                    "type": kind, "record": new, "old_record": old, "columns": columns, "errors": errors}
+            await self._send(channel.ws, [None, None, topic, "postgres_changes", {"ids": ids, "data": data}])
+            self.delivered.append((topic, kind, job_id))
+            sent += 1
+        return sent
+
+    async def _send_to_topic(self, topic: str, event: str, payload: dict[str, Any], drop: bool = False) -> None:
+        channel = self._channels.get(topic)
+        if channel is None:
+            return
+        if drop:
+            self._forget(topic)
+        await self._send(channel.ws, [channel.join_ref, channel.join_ref, topic, event, payload])
 
     # -- REST --------------------------------------------------------------------------
 
@@ -204,13 +445,31 @@ class FakeSupabase:
             rows = conn.execute(query, (job_id,)).fetchall()
         return [r[0] for r in rows]
 
-    async def _rest_read(self, request: web.Request) -> web.Response:
+    async def _rest_read(self, request: web.Request) -> web.StreamResponse:
         job_id = request.query.get("id", "").removeprefix("eq.")
         self.rest_reads[job_id] += 1
+        self.rest_tokens.append(request.headers.get("authorization", "").removeprefix("Bearer "))
+        if self.read_failures:
+            failure = self.read_failures.pop(0)
+            self.rest_failures_served.append(failure)
+            if failure == "drop":
+                assert request.transport is not None
+                request.transport.abort()
+                raise asyncio.CancelledError
+            if failure.startswith("slow:"):
+                await asyncio.sleep(float(failure.removeprefix("slow:")))
+            elif failure == "504":
+                return web.json_response({"code": "PGRST003", "message": "Timed out acquiring connection from connection pool.",
+                                          "details": None, "hint": None}, status=504)
+            else:
+                return web.json_response({"code": "", "message": f"simulated {failure}", "details": None, "hint": None},
+                                         status=int(failure))
         try:
             claims = self._claims(request)
+        except jwt.ExpiredSignatureError:
+            return web.json_response({"code": "PGRST303", "message": "JWT expired", "details": None, "hint": None}, status=401)
         except jwt.PyJWTError as exc:
-            return web.json_response({"code": "PGRST301", "message": str(exc)}, status=401)
+            return web.json_response({"code": "PGRST301", "message": str(exc), "details": None, "hint": None}, status=401)
         select = request.query.get("select", "*")
         try:
             rows = await asyncio.get_running_loop().run_in_executor(None, self._read_as, claims, job_id, select)
@@ -224,9 +483,22 @@ class FakeSupabase:
             return web.json_response(rows[0])
         return web.json_response(rows)
 
+    async def _api_cancel(self, request: web.Request) -> web.Response:
+        """The API's cancel (store.request_cancel as the token's user); the answer can be held
+        back (`cancel_delay`) so that a newer Realtime event arrives first."""
+        job_id = request.match_info["job_id"]
+        self.api_tokens.append(request.headers.get("authorization", "").removeprefix("Bearer "))
+        claims = self._claims(request)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: self.store.request_cancel(uuid.UUID(job_id), user_id=uuid.UUID(claims["sub"])))
+        rows = await loop.run_in_executor(None, self._read_as, claims, job_id, API_COLUMNS)
+        await asyncio.sleep(self.cancel_delay)
+        return web.json_response(rows[0])
+
     async def _api_read(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
         self.api_reads[job_id] += 1
+        self.api_tokens.append(request.headers.get("authorization", "").removeprefix("Bearer "))
         claims = self._claims(request)
         # the API answers the owner's view (schemas.Job: every column but locked_by)
         rows = await asyncio.get_running_loop().run_in_executor(None, self._read_as, claims, job_id, API_COLUMNS)

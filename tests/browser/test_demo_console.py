@@ -1,6 +1,7 @@
 """The demo console in headless Chromium against `ai-jobs dev`: submit, watch
-the progress bar advance, complete, cancel and retry. Screenshots go to
-test-artifacts/."""
+the progress bar advance (over the local Realtime edge), complete, cancel and
+retry. Screenshots go to test-artifacts/. Realtime-specific checks (no polling,
+offline, the sign-in that stays): test_dev_realtime.py."""
 
 from __future__ import annotations
 
@@ -52,12 +53,13 @@ def fill_countdown(page, steps: int, seconds: float) -> None:  # type: ignore[no
 def test_submit_progress_complete(page, dev_stack) -> None:  # type: ignore[no-untyped-def]
     demo_url, _ = dev_stack
     open_console(page, demo_url)
-    assert page.inner_text("#auth-status") == "Using the saved token."
+    assert page.inner_text("#who") == "dev@localhost"  # signed in: who, and "Switch user"
     assert "token=" not in page.url  # the token does not linger in the address bar
     fill_countdown(page, steps=6, seconds=0.5)
     page.click("#submit")
     page.wait_for_selector("#job-view:not([hidden])")
-    assert page.inner_text("#mode") == "polling"  # no Supabase client locally
+    # `ai-jobs dev` serves its local Supabase edge and supabase-js: updates are pushed
+    page.wait_for_function("() => document.querySelector('#mode').dataset.mode === 'realtime'")
     values = progress_values(page, "completed")
     screenshot(page, "demo-completed")
     assert values == sorted(values), f"progress bar went backwards: {values}"

@@ -1,0 +1,384 @@
+"""The local Supabase edge of `ai-jobs dev` (ai_jobs.localstack), over real
+websockets and HTTP against a real PostgreSQL with the migrations and the dev
+change feed: the Realtime protocol as supabase-js 2.119.1 speaks it, changes only
+to the row's owner (checked as that user), DELETE unfiltered with only the key,
+truncated large rows, token expiry, and the PostgREST-shaped read."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import aiohttp
+import psycopg
+import pytest
+
+from ai_jobs.database.migrations import migrate
+from ai_jobs.devtools import mint_token
+from ai_jobs.localstack import mint_anon_key
+from ai_jobs.localstack.edge import SupabaseEdge
+from ai_jobs.localstack.feed import install_feed, remove_feed
+
+SECRET = "localstack-test-secret-with-more-than-32-characters"
+
+
+@pytest.fixture(scope="module")
+def feed_db(database_url: str) -> Iterator[str]:
+    """A database of its own (the feed's trigger stays out of the shared one)."""
+    name = f"ai_jobs_edge_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(f'create database "{name}"')
+    url = psycopg.conninfo.make_conninfo(database_url, dbname=name)
+    migrate(url)
+    install_feed(url)
+    install_feed(url)  # idempotent: `ai-jobs dev` runs it at every start
+    yield url
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(f'drop database "{name}" with (force)')
+
+
+@pytest.fixture(scope="module")
+def edge(feed_db: str) -> Iterator[SupabaseEdge]:
+    server = SupabaseEdge(feed_db, SECRET, access_log=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+def _user(url: str) -> uuid.UUID:
+    user = uuid.uuid4()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("insert into auth.users (id, email) values (%s, %s)", (user, f"{user.hex[:8]}@example.com"))
+    return user
+
+
+def _job(url: str, owner: uuid.UUID) -> uuid.UUID:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "insert into public.ai_jobs (user_id, job_type, input) values (%s, 'example.countdown', '{}') returning id",
+            (owner,)).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def _sql(url: str, statement: str, *params: Any) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement, params)
+
+
+class Socket:
+    """A realtime-js-shaped client: vsn 2.0.0 array frames."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.frames: list[list[Any]] = []
+        self._reader = asyncio.ensure_future(self._read())
+        self._ref = 0
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                self.frames.append(json.loads(msg.data))
+
+    async def push(self, topic: str, event: str, payload: dict[str, Any], join_ref: str | None = "1") -> str:
+        self._ref += 1
+        await self.ws.send_str(json.dumps([join_ref, str(self._ref), topic, event, payload]))
+        return str(self._ref)
+
+    async def join(self, job_id: uuid.UUID, token: str, *, topic: str | None = None) -> str:
+        topic = topic or f"realtime:ai-jobs:{job_id}"
+        binding = {"event": "*", "schema": "public", "table": "ai_jobs", "filter": f"id=eq.{job_id}"}
+        await self.push(topic, "phx_join", {"config": {"broadcast": {"ack": False, "self": False},
+                                                       "presence": {"key": "", "enabled": False},
+                                                       "postgres_changes": [binding], "private": False},
+                                            "access_token": token})
+        return topic
+
+    def events(self, event: str) -> list[list[Any]]:
+        return [f for f in self.frames if f[3] == event]
+
+    async def wait_for(self, predicate: Any, timeout: float = 5) -> list[Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for frame in self.frames:
+                if predicate(frame):
+                    return frame
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"no such frame within {timeout} s; got {self.frames}")
+
+    async def close(self) -> None:
+        await self.ws.close()
+        self._reader.cancel()
+
+
+async def _connect(session: aiohttp.ClientSession, edge: SupabaseEdge, apikey: str) -> Socket:
+    ws = await session.ws_connect(f"{edge.url.replace('http', 'ws')}/realtime/v1/websocket?apikey={apikey}&vsn=2.0.0")
+    return Socket(ws)
+
+
+def _run(coro: Any) -> Any:
+    """asyncio.run on a thread of its own: Playwright's sync API (the browser tests of the
+    same `make test` session) keeps an event loop running on the main thread."""
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = asyncio.run(coro)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the test's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
+
+
+def test_join_reply_then_system_message_then_changes_only_to_the_owner(edge: SupabaseEdge, feed_db: str) -> None:
+    owner, other = _user(feed_db), _user(feed_db)
+    job = _job(feed_db, owner)
+
+    async def scenario() -> tuple[Socket, Socket]:
+        async with aiohttp.ClientSession() as session:
+            mine = await _connect(session, edge, mint_anon_key(SECRET))
+            theirs = await _connect(session, edge, mint_anon_key(SECRET))
+            for sock, user in ((mine, owner), (theirs, other)):
+                await sock.join(job, mint_token(SECRET, user))
+                await sock.wait_for(lambda f: f[3] == "system")
+            _sql(feed_db, "update public.ai_jobs set progress = 40, progress_message = 'half' where id = %s", job)
+            await mine.wait_for(lambda f: f[3] == "postgres_changes")
+            await asyncio.sleep(0.5)  # the other user's socket had the same time to receive it
+            # heartbeat, as realtime-js sends every 25 s
+            ref = await mine.push("phoenix", "heartbeat", {}, join_ref=None)
+            await mine.wait_for(lambda f: f[3] == "phx_reply" and f[1] == ref and f[2] == "phoenix")
+            for sock in (mine, theirs):
+                await sock.close()
+            return mine, theirs
+
+    mine, theirs = _run(scenario())
+    # order as the server: the join reply (with the binding ids), then "Subscribed to PostgreSQL"
+    reply, system = mine.frames[0], mine.frames[1]
+    assert reply[3] == "phx_reply" and reply[4]["status"] == "ok"
+    (bound,) = reply[4]["response"]["postgres_changes"]
+    assert bound["filter"] == f"id=eq.{job}" and isinstance(bound["id"], int)
+    assert system[3] == "system" and system[4] == {"extension": "postgres_changes", "status": "ok",
+                                                   "message": "Subscribed to PostgreSQL", "channel": f"ai-jobs:{job}"}
+    (change,) = mine.events("postgres_changes")
+    assert change[4]["ids"] == [bound["id"]]
+    data = change[4]["data"]
+    assert data["type"] == "UPDATE" and data["table"] == "ai_jobs" and data["errors"] is None
+    assert data["record"]["progress"] == 40 and data["record"]["progress_message"] == "half"
+    assert "locked_by" not in data["record"], "a column authenticated may not select was sent"
+    assert "locked_by" not in {c["name"] for c in data["columns"]}
+    assert data["old_record"] == {"id": str(job)}
+    # the other user joined the same topic and filter, and got the join and system message only
+    assert theirs.events("phx_reply") and theirs.events("system")
+    assert theirs.events("postgres_changes") == [], "another user's job change reached them"
+
+
+def test_delete_carries_only_the_key_and_is_not_rls_filtered(edge: SupabaseEdge, feed_db: str) -> None:
+    owner, other = _user(feed_db), _user(feed_db)
+    job = _job(feed_db, owner)
+
+    async def scenario() -> Socket:
+        async with aiohttp.ClientSession() as session:
+            theirs = await _connect(session, edge, mint_anon_key(SECRET))
+            await theirs.join(job, mint_token(SECRET, other))
+            await theirs.wait_for(lambda f: f[3] == "system")
+            _sql(feed_db, "delete from public.ai_jobs where id = %s", job)
+            await theirs.wait_for(lambda f: f[3] == "postgres_changes")
+            await theirs.close()
+            return theirs
+
+    (change,) = _run(scenario()).events("postgres_changes")
+    data = change[4]["data"]
+    assert data["type"] == "DELETE" and data["old_record"] == {"id": str(job)} and "record" not in data
+
+
+def test_a_record_over_1_mb_arrives_truncated_with_413(edge: SupabaseEdge, feed_db: str) -> None:
+    owner = _user(feed_db)
+    job = _job(feed_db, owner)
+
+    async def scenario() -> Socket:
+        async with aiohttp.ClientSession() as session:
+            mine = await _connect(session, edge, mint_anon_key(SECRET))
+            await mine.join(job, mint_token(SECRET, owner))
+            await mine.wait_for(lambda f: f[3] == "system")
+            _sql(feed_db, "update public.ai_jobs set status = 'completed', progress = 100, finished_at = now(), result = %s::jsonb "
+                          "where id = %s", json.dumps({"text": "x" * 1_100_000}), job)
+            await mine.wait_for(lambda f: f[3] == "postgres_changes")
+            await mine.close()
+            return mine
+
+    (change,) = _run(scenario()).events("postgres_changes")
+    data = change[4]["data"]
+    assert data["errors"] == ["Error 413: Payload Too Large"]
+    assert "result" not in data["record"] and data["record"]["status"] == "completed"
+    assert data["record"]["id"] == str(job)
+
+
+def test_a_change_before_the_subscription_is_live_is_missed_as_on_the_server(feed_db: str) -> None:
+    """Between the join reply and "Subscribed to PostgreSQL" nothing is delivered:
+    a client must re-read after the system message."""
+    owner = _user(feed_db)
+    job = _job(feed_db, owner)
+    slow = SupabaseEdge(feed_db, SECRET, subscribe_delay=1.0, access_log=False)
+    slow.start()
+
+    async def scenario() -> Socket:
+        async with aiohttp.ClientSession() as session:
+            mine = await _connect(session, slow, mint_anon_key(SECRET))
+            await mine.join(job, mint_token(SECRET, owner))
+            await mine.wait_for(lambda f: f[3] == "phx_reply")
+            _sql(feed_db, "update public.ai_jobs set progress_message = 'early' where id = %s", job)
+            await mine.wait_for(lambda f: f[3] == "system", timeout=5)
+            _sql(feed_db, "update public.ai_jobs set progress_message = 'late' where id = %s", job)
+            await mine.wait_for(lambda f: f[3] == "postgres_changes")
+            await asyncio.sleep(0.3)
+            await mine.close()
+            return mine
+
+    try:
+        mine = _run(scenario())
+    finally:
+        slow.stop()
+    messages = [f[4]["data"]["record"]["progress_message"] for f in mine.events("postgres_changes")]
+    assert messages == ["late"]
+
+
+def test_an_expired_token_gets_a_system_error_then_phx_close(edge: SupabaseEdge, feed_db: str) -> None:
+    owner = _user(feed_db)
+    job = _job(feed_db, owner)
+
+    async def scenario() -> tuple[Socket, Socket, Socket]:
+        async with aiohttp.ClientSession() as session:
+            short = await _connect(session, edge, mint_anon_key(SECRET))
+            topic = await short.join(job, mint_token(SECRET, owner, ttl_seconds=2))
+            await short.wait_for(lambda f: f[3] == "system")
+            await short.wait_for(lambda f: f[3] == "phx_close", timeout=6)
+            # an access_token push with an expired token closes the channel too
+            pushed = await _connect(session, edge, mint_anon_key(SECRET))
+            await pushed.join(job, mint_token(SECRET, owner))
+            await pushed.wait_for(lambda f: f[3] == "system")
+            await pushed.push(topic, "access_token", {"access_token": mint_token(SECRET, owner, ttl_seconds=-5)})
+            await pushed.wait_for(lambda f: f[3] == "phx_close")
+            # a join with an expired token is refused
+            late = await _connect(session, edge, mint_anon_key(SECRET))
+            await late.join(job, mint_token(SECRET, owner, ttl_seconds=-5))
+            await late.wait_for(lambda f: f[3] == "phx_reply")
+            _sql(feed_db, "update public.ai_jobs set progress_message = 'after' where id = %s", job)
+            await asyncio.sleep(0.4)
+            for sock in (short, pushed, late):
+                await sock.close()
+            return short, pushed, late
+
+    short, pushed, late = _run(scenario())
+    for sock in (short, pushed):
+        errors = [f for f in sock.events("system") if f[4]["extension"] == "system"]
+        assert errors and errors[0][4]["status"] == "error" and "Token has expired" in errors[0][4]["message"]
+        assert sock.frames.index(errors[0]) < sock.frames.index(sock.events("phx_close")[0])
+        assert sock.events("postgres_changes") == []  # closed: nothing more
+    reply = late.events("phx_reply")[0][4]
+    assert reply["status"] == "error" and "Token has expired" in reply["response"]["reason"]
+
+
+def test_a_bad_apikey_is_refused_and_leave_is_answered(edge: SupabaseEdge, feed_db: str) -> None:
+    owner = _user(feed_db)
+    job = _job(feed_db, owner)
+
+    async def scenario() -> tuple[int, Socket]:
+        async with aiohttp.ClientSession() as session:
+            url = f"{edge.url.replace('http', 'ws')}/realtime/v1/websocket?apikey=not-a-jwt&vsn=2.0.0"
+            try:
+                await session.ws_connect(url)
+                status = 101
+            except aiohttp.WSServerHandshakeError as exc:
+                status = exc.status
+            sock = await _connect(session, edge, mint_anon_key(SECRET))
+            topic = await sock.join(job, mint_token(SECRET, owner))
+            await sock.wait_for(lambda f: f[3] == "system")
+            ref = await sock.push(topic, "phx_leave", {})
+            await sock.wait_for(lambda f: f[3] == "phx_reply" and f[1] == ref)
+            _sql(feed_db, "update public.ai_jobs set progress_message = 'after leave' where id = %s", job)
+            await asyncio.sleep(0.4)
+            await sock.close()
+            return status, sock
+
+    status, sock = _run(scenario())
+    assert status == 403
+    assert sock.events("postgres_changes") == []
+
+
+def test_rest_read_runs_as_the_caller_with_rls(edge: SupabaseEdge, feed_db: str) -> None:
+    owner, other = _user(feed_db), _user(feed_db)
+    job = _job(feed_db, owner)
+    anon = mint_anon_key(SECRET)
+
+    async def get(token: str | None, query: str, accept: str = "application/json") -> tuple[int, Any, dict[str, str]]:
+        headers = {"apikey": anon, "Accept": accept}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        async with aiohttp.ClientSession() as session, session.get(f"{edge.url}/rest/v1/ai_jobs?{query}",
+                                                                   headers=headers) as response:
+            return response.status, await response.json(), dict(response.headers)
+
+    async def preflight() -> tuple[int, dict[str, str]]:
+        async with aiohttp.ClientSession() as session, session.options(
+            f"{edge.url}/rest/v1/ai_jobs", headers={"Origin": "http://127.0.0.1:9", "Access-Control-Request-Method": "GET",
+                                                    "Access-Control-Request-Headers": "apikey,authorization,x-client-info,accept-profile"}) as response:
+            return response.status, dict(response.headers)
+
+    before = edge.rest_reads[str(job)]
+    status, body, headers = _run(get(mint_token(SECRET, owner), f"select=id,status,progress&id=eq.{job}"))
+    assert status == 200 and body == [{"id": str(job), "status": "pending", "progress": 0}]
+    assert headers["Access-Control-Allow-Origin"] == "*"
+    assert _run(get(mint_token(SECRET, other), f"select=id,status&id=eq.{job}"))[:2] == (200, [])
+    assert edge.rest_reads[str(job)] - before == 2
+    # .single(): one object, or 406
+    status, body, _ = _run(get(mint_token(SECRET, owner), f"select=id&id=eq.{job}", "application/vnd.pgrst.object+json"))
+    assert (status, body) == (200, {"id": str(job)})
+    status, body, _ = _run(get(mint_token(SECRET, other), f"select=id&id=eq.{job}", "application/vnd.pgrst.object+json"))
+    assert status == 406 and body["code"] == "PGRST116"
+    # a column authenticated may not select
+    status, body, _ = _run(get(mint_token(SECRET, owner), f"select=id,locked_by&id=eq.{job}"))
+    assert status == 403 and body["code"] == "42501"
+    # bad and expired tokens: PostgREST's 401s
+    status, body, _ = _run(get(mint_token("another-secret-of-at-least-32-characters!!", owner), f"id=eq.{job}"))
+    assert status == 401 and body["code"] == "PGRST301"
+    status, body, _ = _run(get(mint_token(SECRET, owner, ttl_seconds=-5), f"id=eq.{job}"))
+    assert status == 401 and body["code"] == "PGRST303" and body["message"] == "JWT expired"
+    # anon (no user token) may not read the table at all
+    status, body, _ = _run(get(None, f"select=id&id=eq.{job}"))
+    assert status == 401 and body["code"] == "42501"
+    # malformed input: 400, never a 500
+    assert _run(get(mint_token(SECRET, owner), "select=id&id=eq.not-a-uuid"))[0] == 400
+    assert _run(get(mint_token(SECRET, owner), "select=id;drop&id=eq.x"))[0] == 400
+    assert _run(get(mint_token(SECRET, owner), "select=id&id=like.x"))[0] == 400
+    status, headers = _run(preflight())
+    assert status == 200 and headers["Access-Control-Allow-Origin"] == "*"
+    assert "accept-profile" in headers["Access-Control-Allow-Headers"]
+
+
+def test_the_feed_is_dev_only_and_removable(feed_db: str, database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:  # the shared, migrated database has no feed
+        assert conn.execute("select to_regnamespace('ai_jobs_dev')").fetchone() == (None,)
+    name = f"ai_jobs_feed_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(database_url, autocommit=True) as admin:
+        admin.execute(f'create database "{name}"')
+    url = psycopg.conninfo.make_conninfo(database_url, dbname=name)
+    try:
+        migrate(url)
+        install_feed(url)
+        remove_feed(url)
+        with psycopg.connect(url) as conn:
+            assert conn.execute("select to_regnamespace('ai_jobs_dev')").fetchone() == (None,)
+            assert conn.execute("select count(*) from pg_trigger where tgname = 'ai_jobs_dev_capture'").fetchone() == (0,)
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as admin:
+            admin.execute(f'drop database "{name}" with (force)')
