@@ -166,6 +166,7 @@ class FakeAnthropicServer(ThreadingHTTPServer):
         self.replies: list[Reply] = list(replies or [])
         self.requests: list[Recorded] = []
         self.marks: defaultdict[str, threading.Event] = defaultdict(threading.Event)
+        self.mark_times: dict[str, float] = {}  # time.time() when each mark was reached (figures)
         self.disconnected = threading.Event()
         self.disconnected_at: float | None = None
         self.closing = threading.Event()
@@ -239,6 +240,7 @@ class _FakeMessagesHandler(BaseHTTPRequestHandler):
                     if self._client_gone(step[1]):
                         return
                 elif step[0] == "mark":
+                    self.server.mark_times[step[1]] = time.time()
                     self.server.marks[step[1]].set()
                 elif step[0] == "stall":
                     if self._client_gone(step[1]):

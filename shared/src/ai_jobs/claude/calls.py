@@ -288,6 +288,7 @@ def _stream_once(
     *,
     timeout: Any,
     on_output: Callable[[int], None] | None,
+    on_text: Callable[[str], None] | None = None,
 ) -> Any:
     """Send one streamed request and read it to the end; returns the final message.
     A helper thread sends the request and reads the events (both block); the job
@@ -338,6 +339,10 @@ def _stream_once(
                 raise item
             elif item is not None:
                 tally.see(item)
+                if on_text is not None and getattr(item, "type", None) == "content_block_delta":
+                    text = getattr(item.delta, "text", None)  # text deltas only: not thinking, not signatures
+                    if text:
+                        on_text(text)
                 if on_output is not None and getattr(item, "type", None) in ("content_block_delta", "message_delta"):
                     on_output(tally.output_so_far())
             watch.check()
@@ -444,10 +449,17 @@ def _call(
     tally = _Tally(request["model"])
     _calls_made[ctx] = _calls_made.get(ctx, 0) + 1
     record: dict[str, Any] = {}
+    # Live output: deltas to the job's private Broadcast topic (a background thread),
+    # the text so far with each coalesced progress write. A new stream per call.
+    from ai_jobs.claude.live import LiveStream, publisher
+
+    live = LiveStream(ctx.job.id, "json" if schema is not None else "text", publisher())
+    ctx.attach_stream(live.snapshot)
     try:
         message = _stream_once(
             ctx, client, request, tally, timeout=timeout,
             on_output=None if on_output is None else lambda tokens: on_output(tokens / max(1, sent_max_tokens)),
+            on_text=live.feed,
         )
     except (JobCancelled, LeaseLostError):
         log.info("job %s: Claude call stopped after %.1f s (cancel or lost lease)",
@@ -464,6 +476,8 @@ def _call(
     except anthropic.AnthropicError as exc:
         raise classify(exc) from exc
     finally:
+        live.close()
+        ctx.attach_stream(None)
         if tally.reached_api:  # billed (or at least counted) whatever happened
             record = tally.record()
             ctx.add_usage(record)
