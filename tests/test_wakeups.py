@@ -33,6 +33,7 @@ from tests.supabase_cluster import (
 )
 
 WAKEUPS_MIGRATION = next(p for p in migration_files() if p.name.endswith("_ai_jobs_wakeups.sql"))
+SCHEDULES_MIGRATION = next(p for p in migration_files() if p.name.endswith("_schedules.sql"))
 APP_URL = "https://demo-app.example/"
 CRON_SECRET = "cron-s3cret-for-tests"
 
@@ -103,7 +104,8 @@ def test_migrations_apply_as_supabase_applies_them(cluster, pg: psycopg.Connecti
     with pytest.raises(psycopg.Error, match="invalid schedule"):
         pg.execute("select cron.schedule('probe', '5 seconds', 'select 1')")
     jobs = pg.execute("select jobid, jobname, schedule, command, username, active from cron.job").fetchall()
-    assert [j[1:] for j in jobs] == [("ai-jobs-wake", "* * * * *", "select public.ai_jobs_wake_v1()", "postgres", True)]
+    # the schedules migration pointed the job at ai_jobs_wake_v2 (due schedules wake the app too)
+    assert [j[1:] for j in jobs] == [("ai-jobs-wake", "* * * * *", "select public.ai_jobs_wake_v2()", "postgres", True)]
     # postgres cannot write cron.job itself (only cron.schedule can), as on Supabase
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         pg.execute("update cron.job set schedule = '* * * * *'")
@@ -111,6 +113,7 @@ def test_migrations_apply_as_supabase_applies_them(cluster, pg: psycopg.Connecti
     pg.execute("select cron.schedule('ai-jobs-sweep', '* * * * *', 'select 1')")
     for _ in range(2):
         pg.execute(WAKEUPS_MIGRATION.read_text())
+    pg.execute(SCHEDULES_MIGRATION.read_text())  # as `supabase db push` would, every file in order
     again = pg.execute("select jobid, jobname, schedule from cron.job").fetchall()
     assert again == [(jobs[0][0], "ai-jobs-wake", "* * * * *")]
     # only service_role (and the owner, who runs the job) may execute the new functions
@@ -118,7 +121,8 @@ def test_migrations_apply_as_supabase_applies_them(cluster, pg: psycopg.Connecti
         "select p.proname, has_function_privilege('anon', p.oid, 'execute'), "
         "has_function_privilege('authenticated', p.oid, 'execute'), has_function_privilege('service_role', p.oid, 'execute') "
         "from pg_proc p where p.pronamespace = 'public'::regnamespace and p.proname ~ 'wake'").fetchall()
-    assert len(rows) == 5 and all(not anon and not auth and service for _, anon, auth, service in rows)
+    # 5, plus wake_v2, schedule_wake_v2 and wakeup_status_v2 of the schedules migration
+    assert len(rows) == 8 and all(not anon and not auth and service for _, anon, auth, service in rows)
 
 
 def test_schedule_for_pg_cron_versions(pg: psycopg.Connection) -> None:
@@ -171,6 +175,44 @@ def test_wake_function_decides_by_due_work(pg: psycopg.Connection, admin: psycop
                 ("GET", "https://demo-app.example/api/internal/sweep", {"Authorization": f"Bearer {CRON_SECRET}"}, 5000)]
     finally:
         pg.execute("delete from public.ai_jobs")
+        pg.execute("delete from auth.users where id = %s", (user,))
+        pg.execute("delete from vault.secrets")
+        admin.execute("delete from net.http_request_queue")
+
+
+def test_wake_v2_also_wakes_for_a_due_schedule(pg: psycopg.Connection, admin: psycopg.Connection) -> None:
+    """ai_jobs_wake_v2 (what pg_cron runs since the schedules migration): a due, active
+    schedule wakes the app like a due job; a paused one or one due later does not."""
+    user = uuid.uuid4()
+    pg.execute("insert into auth.users (id) values (%s)", (user,))
+    pg.execute("select vault.create_secret(%s, 'ai_jobs_app_url'), vault.create_secret(%s, 'ai_jobs_cron_secret')",
+               (APP_URL, CRON_SECRET))
+    try:
+        admin.execute("delete from net.http_request_queue")
+        pg.execute("insert into public.ai_job_schedules (user_id, name, job_type, cron, next_run_at) "
+                   "values (%s, 's', 'a.sched', '* * * * *', now() + interval '1 hour')", (user,))
+        assert pg.execute("select public.ai_jobs_wake_v2()").fetchone()[0] == "idle"
+        with pg.transaction(force_rollback=True):
+            pg.execute("update public.ai_job_schedules set next_run_at = now() - interval '1 second', paused = true")
+            assert pg.execute("select public.ai_jobs_wake_v2()").fetchone()[0] == "idle"
+        with pg.transaction(force_rollback=True):
+            pg.execute("update public.ai_job_schedules set next_run_at = now() - interval '1 second'")
+            pg.execute("set local role service_role")
+            assert pg.execute("select public.ai_jobs_wake_v2()").fetchone()[0] == "woken"
+            pg.execute("reset role")
+            assert requests_sent(pg) == [
+                ("GET", "https://demo-app.example/api/internal/sweep", {"Authorization": f"Bearer {CRON_SECRET}"}, 5000)]
+            assert pg.execute("select public.ai_jobs_wake_v1()").fetchone()[0] == "idle"  # v1 never looked
+        # health (wakeup_status_v2) flags a wake job left on v1, e.g. rescheduled with the old function
+        with pg.transaction(force_rollback=True):
+            assert pg.execute("select public.ai_jobs_wakeup_status_v2()").fetchone()[0]["problem"] is None
+            pg.execute("select public.ai_jobs_schedule_wake_v1()")
+            assert pg.execute("select public.ai_jobs_wakeup_status_v2()").fetchone()[0]["problem"] == (
+                "the ai-jobs-wake job runs select public.ai_jobs_wake_v1(), which does not start schedules: "
+                "run select public.ai_jobs_schedule_wake_v2();")
+            assert status_of(pg)["problem"] is None  # v1 does not know
+    finally:
+        pg.execute("delete from public.ai_job_schedules")
         pg.execute("delete from auth.users where id = %s", (user,))
         pg.execute("delete from vault.secrets")
         admin.execute("delete from net.http_request_queue")
@@ -286,12 +328,14 @@ def test_pause_and_resume(cluster, pg: psycopg.Connection) -> None:
         status = status_of(pg)
         assert (status["mode"], status["schedule"], status["problem"]) == ("none", "* * * * *", None)
         pg.execute(WAKEUPS_MIGRATION.read_text())  # re-applying leaves a paused job paused
+        pg.execute(SCHEDULES_MIGRATION.read_text())  # and so does pointing it at ai_jobs_wake_v2
         assert pg.execute("select active from cron.job where jobname = 'ai-jobs-wake'").fetchall() == [(False,)]
         code, body = get_health(cluster_settings(cluster[0]))
         assert code == 200 and body["wakeups"]["mode"] == "none" and body["detail"] is None
     finally:
-        assert pg.execute("select public.ai_jobs_schedule_wake_v1()").fetchone()[0] == "* * * * *"
+        assert pg.execute("select public.ai_jobs_schedule_wake_v2()").fetchone()[0] == "* * * * *"
     assert pg.execute("select jobname, schedule, active from cron.job").fetchall() == [("ai-jobs-wake", "* * * * *", True)]
+    assert pg.execute("select command from cron.job").fetchone()[0] == "select public.ai_jobs_wake_v2()"
     assert status_of(pg)["mode"] == "pg_cron"
 
 
@@ -309,7 +353,9 @@ def test_supabase_database_without_pg_cron(cluster, pg: psycopg.Connection) -> N
     assert (status["mode"], status["schedule"], status["last_run"]) == ("none", None, None)
     assert status["problem"].startswith("Supabase Cron is not enabled (pg_cron is not installed)")
     code, body = get_health(cluster_settings(instance, "no_cron"))
-    assert code == 503 and body["detail"] == "wake-ups: " + status["problem"]
+    # health reads wakeup_status_v2, which names the v2 function in its fix
+    assert code == 503 and body["detail"] == "wake-ups: " + status["problem"].replace(
+        "ai_jobs_schedule_wake_v1()", "ai_jobs_schedule_wake_v2()")
 
 
 # -- plain PostgreSQL (the pgserver test database): no pg_cron, nothing wrong -----------------

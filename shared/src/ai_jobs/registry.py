@@ -102,9 +102,50 @@ class JobDefinition(Generic[I, O]):
         return self.output_model.model_json_schema()
 
 
+@dataclass(frozen=True)
+class DeploymentSchedule:
+    """A schedule declared in code (`registry.schedule`): written to the database at
+    worker and sweep start, keyed by name; its jobs run as `run_as` (default
+    AI_JOBS_SCHEDULE_USER_ID). See ai_jobs.schedules."""
+
+    name: str
+    cron: str
+    job_type: str
+    input: Mapping[str, Any]
+    timezone: str = "UTC"
+    run_as: UUID | None = None
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.cron, self.job_type, repr(sorted(self.input.items())), self.timezone, self.run_as))
+
+
 class JobRegistry:
     def __init__(self) -> None:
         self._definitions: dict[str, JobDefinition[Any, Any]] = {}
+        self._schedules: dict[str, DeploymentSchedule] = {}
+
+    def schedule(
+        self,
+        name: str,
+        *,
+        cron: str,
+        type: str,  # noqa: A002 - reads as the job's type, like the API's body
+        input: Mapping[str, Any] | None = None,  # noqa: A002
+        timezone: str = "UTC",
+        run_as: UUID | str | None = None,
+    ) -> DeploymentSchedule:
+        """Declare a deployment schedule, e.g. `registry.schedule("nightly-digest",
+        cron="0 6 * * *", type="ai.generate", input={...}, timezone="Europe/Berlin")`.
+        Declaring the same name again replaces it (the database row is updated)."""
+        if not isinstance(name, str) or not 1 <= len(name) <= 200:
+            raise ValueError("a schedule name must be 1 to 200 characters")
+        declared = DeploymentSchedule(name=name, cron=cron, job_type=type, input=dict(input or {}),
+                                      timezone=timezone, run_as=UUID(str(run_as)) if run_as is not None else None)
+        self._schedules[name] = declared
+        return declared
+
+    def schedules(self) -> list[DeploymentSchedule]:
+        return [self._schedules[name] for name in sorted(self._schedules)]
 
     def job(
         self,
@@ -162,6 +203,7 @@ class JobRegistry:
         """A copy without the demo types: what a production deployment serves."""
         copy = JobRegistry()
         copy._definitions = {t: d for t, d in self._definitions.items() if not d.demo}
+        copy._schedules = {n: d for n, d in self._schedules.items() if d.job_type in copy._definitions}
         return copy
 
     def types(self) -> list[str]:

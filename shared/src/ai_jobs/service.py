@@ -10,7 +10,7 @@ from uuid import UUID
 
 from ai_jobs.claude.pricing import BUILT_IN
 from ai_jobs.claude.spend import plan_new_job
-from ai_jobs.models import EnqueueResult
+from ai_jobs.models import EnqueueResult, NewJob
 from ai_jobs.registry import JobRegistry, load_job_modules
 from ai_jobs.settings import Settings
 from ai_jobs.store.base import JobStore
@@ -39,6 +39,31 @@ def submit_job(
     calls per job, cost per job) and its cap is reserved against the owner's daily
     budget by the enqueue. Raises UnknownJobTypeError / InputValidationError /
     SpendLimitError before anything is written, BudgetExceededError from the enqueue."""
+    new_job = build_job(
+        user_id, job_type, raw_input, settings=settings, registry=registry, priority=priority, run_at=run_at,
+        idempotency_key=idempotency_key, metadata=metadata, parent_id=parent_id, org_id=org_id,
+        concurrency_key=concurrency_key,
+    )
+    return store.enqueue(new_job)
+
+
+def build_job(
+    user_id: UUID,
+    job_type: str,
+    raw_input: Mapping[str, Any],
+    *,
+    settings: Settings,
+    registry: JobRegistry | None = None,
+    priority: int | None = None,
+    run_at: datetime | None = None,
+    idempotency_key: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    parent_id: UUID | None = None,
+    org_id: str | None = None,
+    concurrency_key: str | None = None,
+) -> NewJob:
+    """The enqueue request `submit_job` sends, checked the same way (schedules build
+    theirs here and enqueue it when a tick fires)."""
     registry = registry or load_job_modules()
     definition = registry.get(job_type)
     user_limit, org_limit, key_limit = definition.concurrency.resolve(
@@ -46,7 +71,7 @@ def submit_job(
     )
     parsed = definition.parse_input(raw_input)
     plan = plan_new_job(job_type, parsed, settings.spend, {**BUILT_IN, **settings.price_overrides})
-    new_job = registry.new_job(
+    return registry.new_job(
         user_id,
         job_type,
         raw_input,
@@ -66,4 +91,3 @@ def submit_job(
         org_limit=org_limit if org_id is not None else None,
         key_limit=key_limit if concurrency_key is not None else None,
     )
-    return store.enqueue(new_job)

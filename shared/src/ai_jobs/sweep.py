@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
@@ -15,6 +16,9 @@ from ai_jobs.dispatch import Dispatcher
 from ai_jobs.errors import StoreUnavailableError
 from ai_jobs.runner import Runner
 from ai_jobs.store.base import JobStore
+
+if TYPE_CHECKING:
+    from ai_jobs.settings import Settings
 
 MAX_DISPATCH_PER_SWEEP = 10
 
@@ -29,6 +33,7 @@ class SweepReport(BaseModel):
     alerts_opened: int = Field(description="alert incidents this sweep opened (see README: Alerts)")
     alerts_resolved: int = Field(description="alert incidents this sweep resolved")
     alerts_notified: int = Field(description="openings and resolutions posted to AI_JOBS_ALERT_WEBHOOK_URL (2xx)")
+    schedules_fired: int = Field(default=0, description="schedule ticks this sweep fired (see README: Schedules)")
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -49,7 +54,10 @@ def sweep(
     stale_pending_seconds: int,
     budget_seconds: float | None,
     alerts: AlertSettings | None = None,
+    settings: Settings | None = None,
 ) -> SweepReport:
+    """`settings`: also declare deployment schedules and fire due schedule ticks
+    (before running jobs, so this sweep runs what it fired)."""
     # Alerts first: they see the queue as the sweep found it (expired leases not yet
     # reaped), and their notifications do not wait for the jobs run below.
     try:
@@ -66,6 +74,21 @@ def sweep(
             dispatcher.dispatch(job.id, wait=False)
             redispatched += 1
     purged = store.purge()
+    # Parents waiting for children that no longer need to wait (a missed or lost
+    # wake-up): due now, so the run below or a hand-off resumes them.
+    woken = store.resolve_waiting()
+    if woken:
+        log.info("woke %d parent jobs with nothing left to wait for", woken)
+    fired = 0
+    if settings is not None:
+        from ai_jobs.schedules import run_schedules
+
+        try:
+            fired = run_schedules(store, runner.registry, settings).fired
+        except Exception as exc:  # noqa: BLE001 - schedules must not stop the sweep running jobs
+            if _unreachable(exc):
+                raise
+            log.exception("firing schedules failed; the sweep goes on")
     outcomes = runner.run_available(budget_seconds=budget_seconds)
     return SweepReport(
         reaped=len(reaped),
@@ -75,4 +98,5 @@ def sweep(
         alerts_opened=alert_report.opened,
         alerts_resolved=alert_report.resolved,
         alerts_notified=alert_report.notified,
+        schedules_fired=fired,
     )
