@@ -13,13 +13,16 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 JS_DIR := tests/browser/js
 JS_STAMP := $(JS_DIR)/node_modules/.installed
+# supabase-js for the demo console, served by `ai-jobs dev` from the checkout (offline).
+PUBLIC_DIR := public
+PUBLIC_STAMP := $(PUBLIC_DIR)/node_modules/.installed
 VERCEL_DIR := tests/vercel
 VERCEL_STAMP := $(VERCEL_DIR)/node_modules/.installed
 # The uv that Vercel's Python builder (in the pinned CLI) installs for itself.
 UV_VERSION := 0.10.11
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: dev test install chromium pgcron migrate bench vercel-build clean
+.PHONY: dev test install public-js chromium pgcron migrate bench vercel-build clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +33,21 @@ $(STAMP): pyproject.toml
 $(JS_STAMP): $(JS_DIR)/package.json $(JS_DIR)/package-lock.json
 	cd $(JS_DIR) && npm ci --no-audit --no-fund --silent
 	touch $(JS_STAMP)
+
+$(PUBLIC_STAMP): $(PUBLIC_DIR)/package.json $(PUBLIC_DIR)/package-lock.json
+	cd $(PUBLIC_DIR) && npm ci --no-audit --no-fund --silent
+	touch $(PUBLIC_STAMP)
+
+# Never stops `make dev`: without npm (or offline on a first run) the console polls,
+# and `ai-jobs dev` says so in one line.
+public-js:
+	@if [ -f $(PUBLIC_DIR)/package-lock.json ]; then \
+	  if command -v npm >/dev/null 2>&1; then \
+	    $(MAKE) -s --no-print-directory $(PUBLIC_STAMP) || echo "note: npm ci in public/ failed: the demo console will poll"; \
+	  elif [ ! -f $(PUBLIC_STAMP) ]; then \
+	    echo "note: npm not found: supabase-js is not installed in public/node_modules; the demo console will poll"; \
+	  fi; \
+	fi
 
 # `npm install` installs the lock's versions; `npm ci` refuses this lock because
 # the CLI names native helpers for other platforms that the registry lacks.
@@ -64,10 +82,10 @@ install: $(STAMP)
 
 # make dev PORT=8001 (or AI_JOBS_PORT=8001 make dev); PORT=0 picks any free port.
 PORT ?=
-dev: $(STAMP)
+dev: $(STAMP) public-js
 	$(BIN)/ai-jobs dev$(if $(PORT), --port $(PORT))
 
-test: $(STAMP) $(JS_STAMP) chromium pgcron
+test: $(STAMP) $(JS_STAMP) public-js chromium pgcron
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Optional check before deploying, not part of `make test`: build offline what
@@ -80,17 +98,24 @@ vercel-build: $(STAMP) $(VERCEL_STAMP)
 migrate: $(STAMP)
 	$(BIN)/ai-jobs migrate
 
-bench: $(STAMP)
+# The throughput run also measures the worker as it was before the fast path
+# (issue 13), from the same run and database: that commit's package, exported.
+BENCH_BEFORE ?= ee02aee
+# import_time.py builds the function as make vercel-build does (the Vercel CLI and uv).
+bench: $(STAMP) $(VERCEL_STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[bench]'
-	$(BIN)/python bench/throughput.py
+	@$(BIN)/uv --version 2>/dev/null | grep -qE '^uv $(UV_VERSION)( |$$)' || $(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
+	rm -rf .bench-before && mkdir -p .bench-before && git archive $(BENCH_BEFORE) shared/src | tar -x -C .bench-before
+	$(BIN)/python bench/throughput.py --repeat 3 --ai-jobs-variant before=.bench-before/shared/src
 	$(BIN)/python bench/claim_limits.py
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/create_latency.py
 	$(BIN)/python bench/handoff_tls.py
 	$(BIN)/python bench/map_cost.py
 	$(BIN)/python bench/import_time.py
+	$(BIN)/python bench/retention.py
 	$(BIN)/python bench/crash_test.py
 	$(BIN)/python bench/load_test.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache test-artifacts $(JS_DIR)/node_modules $(VERCEL_DIR)/node_modules .vercel/deploy-check
+	rm -rf $(VENV) .pytest_cache test-artifacts .bench-before $(JS_DIR)/node_modules $(PUBLIC_DIR)/node_modules $(VERCEL_DIR)/node_modules .vercel/deploy-check

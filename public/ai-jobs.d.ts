@@ -1,6 +1,15 @@
 // Type declarations for ai-jobs.js.
 
-export type JobStatus = "pending" | "running" | "completed" | "failed" | "cancelled";
+export type JobStatus = "pending" | "running" | "completed" | "failed" | "cancelled" | "paused";
+
+/** A parent job's children, kept up to date as they finish (at most every 0.5 s). */
+export interface ChildCounts {
+  total: number;
+  done: number;
+  failed: number;
+  active: number;
+  at?: string;
+}
 
 export interface JobError {
   code: string;
@@ -47,6 +56,36 @@ export interface Job<Input = Record<string, unknown>, Result = unknown> {
   cost_estimate_usd: number | null;
   /** The job stops (error "budget_exceeded") rather than start a Claude call that could take usage.cost_usd over this. */
   cost_cap_usd: number | null;
+  /** Live output of the streaming Claude call (the text so far), written with the progress writes. */
+  stream: JobStream | null;
+  /** Child jobs: the key and place this child was spawned under (null for a job you created). */
+  spawn_key?: string | null;
+  spawn_seq?: number | null;
+  /** 0 for a job you created, 1 for its children, 2 for theirs. */
+  depth?: number;
+  /** While wait_reason is "waiting_for_children": what it waits for. */
+  waiting?: { keys: string[] | null; max_failures: number } | null;
+  /** A parent's children counts; null when it has spawned none. */
+  children?: ChildCounts | null;
+  /** A running job asked to pause: it stops at its next step and becomes "paused". */
+  pause_requested_at?: string | null;
+}
+
+/** The row's snapshot of a streaming Claude call. */
+export interface JobStream {
+  /** New per Claude call: a retried call starts a new stream at offset 0. */
+  id: string;
+  seq: number;
+  format: "text" | "json";
+  text: string;
+}
+
+/** What onText/onPartial are told about the stream. */
+export interface OutputInfo {
+  stream: string;
+  format: "text" | "json";
+  /** The last delta of the call arrived (or the job completed). */
+  done: boolean;
 }
 
 /** The columns readable through Supabase (every column but locked_by), comma-separated. */
@@ -71,17 +110,39 @@ export interface FieldError {
   type: string;
 }
 
+/** A problem+json body (RFC 9457) as the API sends it. */
+export interface Problem {
+  type?: string;
+  title?: string;
+  detail?: string;
+  code?: string;
+  errors?: FieldError[];
+  retryAfter?: number;
+  [key: string]: unknown;
+}
+
 export declare class AiJobsError extends Error {
+  constructor(status: number, problem?: Problem | null, options?: { cause?: unknown });
+  /** HTTP status; 0 for a network failure or a Realtime problem. */
   status: number;
   code?: string;
   errors: FieldError[];
   retryAfter?: number;
 }
 
-/** Minimal shape of the supabase-js client this module uses. */
+/**
+ * Minimal shape of the supabase-js client this module uses (a `SupabaseClient`
+ * from @supabase/supabase-js 2 fits it, including one made with the `accessToken` option).
+ */
 export interface SupabaseLike {
-  auth?: { getSession(): Promise<{ data: { session: { access_token: string } | null } }> };
-  channel(name: string): any;
+  auth?: {
+    getSession(): Promise<{ data: { session: { access_token: string } | null } }>;
+    refreshSession?(): Promise<unknown>;
+  };
+  /** Realtime: the token for joins is refreshed with `setAuth()` after a refresh, a 401 or an expired-token close. */
+  realtime?: { setAuth(token?: string | null): Promise<void> };
+  channel(name: string, options?: any): any;
+  getChannels?(): Array<{ topic: string }>;
   removeChannel(channel: any): unknown;
   from(table: string): any;
 }
@@ -95,8 +156,18 @@ export interface ClientOptions {
   getAccessToken?: () => Promise<string | null> | string | null;
   /** ms between polls without Realtime (default 1000). */
   pollInterval?: number;
-  /** Backoff ceiling in ms while Realtime is down (default 15000). */
+  /** Backoff ceiling in ms for polls and read retries while Realtime is down (default 15000). */
   maxPollInterval?: number;
+  /** ms before a read is abandoned and retried (default 10000). */
+  readTimeout?: number;
+  /** ms after the join reply to treat the channel as live when the server sends no "Subscribed to PostgreSQL" (default 10000). */
+  liveTimeout?: number;
+  /**
+   * "postgres_changes" (default): status changes over Postgres Changes. "broadcast": over the
+   * job's private Broadcast channel, sent by the database trigger that
+   * `select public.ai_jobs_status_broadcast_v1(true)` installs (Supabase's recommendation at scale).
+   */
+  statusVia?: "postgres_changes" | "broadcast";
   fetch?: typeof fetch;
 }
 
@@ -111,13 +182,31 @@ export interface CreateJobOptions {
   metadata?: Record<string, unknown>;
 }
 
-export type WatchMode = "realtime" | "polling" | "polling-fallback";
+/**
+ * connecting: joining Realtime (reads at pollInterval meanwhile); realtime: changes are pushed;
+ * polling: no supabase client; polling-fallback: Realtime is down, reads back off until it is back.
+ */
+export type WatchMode = "connecting" | "realtime" | "polling" | "polling-fallback";
 
 export interface WatchHandlers {
+  /** A newer row (ordered by updated_at; never an older one after a newer one). */
   onUpdate?(job: Job): void;
+  /** The job reached completed, failed or cancelled; the watch has stopped. */
   onDone?(job: Job): void;
-  onError?(error: unknown): void;
+  /** The job was deleted (or is no longer readable by this user); the watch has stopped. */
+  onGone?(jobId: string): void;
+  /** A problem being retried, or (before the watch stops) a read the server refused for good. */
+  onError?(error: AiJobsError): void;
+  /** Reads or Realtime work again after an onError. */
+  onResume?(): void;
   onMode?(mode: WatchMode): void;
+  /**
+   * Live Claude output: the whole text so far each time it grows (from the row's snapshot,
+   * then deltas on the private channel `ai-jobs-live:<id>`, without gaps or duplicates).
+   */
+  onText?(text: string, info: OutputInfo): void;
+  /** Structured output (ai.extract, ai.match): the JSON so far, closed so it parses. */
+  onPartial?(value: unknown, info: OutputInfo): void;
 }
 
 export interface AiJobsClient {
@@ -130,7 +219,8 @@ export interface AiJobsClient {
   deleteJob(id: string): Promise<null>;
   /** Follow a job until it ends; returns an unsubscribe function. */
   watchJob(id: string, handlers?: WatchHandlers): () => void;
-  readJob(id: string): Promise<Job | null>;
+  /** The row through Supabase (RLS) or the API; null when it does not exist for this user. */
+  readJob(id: string, signal?: AbortSignal): Promise<Job | null>;
 }
 
 export declare function createAiJobsClient(options?: ClientOptions): AiJobsClient;

@@ -2,6 +2,27 @@
 // Dependency-free ES module. The host app passes its own @supabase/supabase-js
 // client for live updates over Realtime; without one (local development) the
 // client polls GET /api/jobs/{id}.
+//
+// Realtime facts this file is built on (realtime-js 2.119 RealtimeChannel.ts /
+// RealtimeClient.ts, @supabase/phoenix channel.js, supabase/realtime
+// realtime_channel.ex and apply_rls.sql):
+// - the join reply (SUBSCRIBED) can come before the Postgres subscription is
+//   live; the server then pushes a `system` message ("Subscribed to PostgreSQL").
+//   Only that message means changes are flowing, so the reconciling read waits for it;
+// - DELETE events are not RLS-filtered and carry only the primary key;
+// - rows over 1 MB arrive without their large columns and `errors` holds a 413;
+// - an expired token closes the channel (system error, then phx_close) and
+//   realtime-js never rejoins a closed channel: we do, with a fresh token;
+// - supabase.channel(topic) returns an existing channel, and .on() throws after
+//   subscribe(): one channel per job per supabase client, shared by its watchers.
+// Live Claude output (issue 14): the worker broadcasts coalesced text deltas
+// {job, stream, seq, offset, delta, format, done, partial?} (event "output") on the
+// private topic `ai-jobs-live:<id>` (config.private: true; Realtime lets only the
+// job's owner join it, by RLS on realtime.messages). The row's `stream` column holds
+// the text so far; deltas are applied by `offset` (UTF-16 units = JS string indices):
+// overlap is dropped, a gap is filled by re-reading the row.
+// With statusVia "broadcast" the same private channel also carries job status
+// ("status" events sent by the database trigger), in place of postgres_changes.
 
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 
@@ -14,13 +35,14 @@ export const JOB_COLUMNS = [
   "progress_message", "checkpoints", "attempts", "max_attempts", "run_at", "lease_expires_at",
   "cancel_requested_at", "idempotency_key", "parent_id", "metadata", "usage", "created_at",
   "started_at", "finished_at", "updated_at", "org_id", "concurrency_key", "user_limit", "org_limit",
-  "key_limit", "wait_reason", "cost_estimate_usd", "cost_cap_usd",
+  "key_limit", "wait_reason", "cost_estimate_usd", "cost_cap_usd", "stream",
+  "spawn_key", "spawn_seq", "depth", "waiting", "children", "pause_requested_at",
 ].join(",");
 
 /** Error from the ai-jobs API, carrying the problem+json body. */
 export class AiJobsError extends Error {
-  constructor(status, problem) {
-    super((problem && (problem.detail || problem.title)) || `HTTP ${status}`);
+  constructor(status, problem, options) {
+    super((problem && (problem.detail || problem.title || problem.message)) || `HTTP ${status}`, options);
     this.name = "AiJobsError";
     this.status = status;
     this.code = problem && problem.code;
@@ -44,14 +66,58 @@ export function isTerminal(job) {
   return Boolean(job) && TERMINAL.has(job.status);
 }
 
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+/** Transient read failures worth retrying: network (status 0), timeouts, rate limits, 5xx, auth. */
+function retryable(error) {
+  const status = error && typeof error.status === "number" ? error.status : 0;
+  return status === 0 || status === 401 || status === 408 || status === 429 || status >= 500;
+}
+
+function authFailure(error) {
+  return Boolean(error) && (error.status === 401 || error.code === "PGRST301" || error.code === "PGRST303");
+}
+
+/** Call an app callback without letting its exception break the watch (or other watchers). */
+function safely(fn, ...args) {
+  if (typeof fn !== "function") return;
+  try {
+    fn(...args);
+  } catch (error) {
+    console.error("ai-jobs: a watch handler threw", error);
+  }
+}
+
+/** A Realtime update whose payload lost columns (over 1 MB: `errors` holds a 413). */
+function truncated(payload) {
+  const errors = payload && payload.errors;
+  return Array.isArray(errors) && errors.some((e) => String(e).includes("413"));
+}
+
+// One registry per supabase-js client: supabase.channel(topic) is per client, so
+// every ai-jobs client built on it shares one feed (one channel) per job.
+const feedRegistries = new WeakMap();
+
+function registryFor(owner) {
+  let registry = feedRegistries.get(owner);
+  if (!registry) {
+    registry = new Map();
+    feedRegistries.set(owner, registry);
+  }
+  return registry;
+}
+
 /**
  * Create a client.
  * @param {object} options
  * @param {string} [options.baseUrl]  where the API lives ("" = same origin)
  * @param {object} [options.supabase]  the host app's supabase-js client (enables Realtime)
- * @param {() => Promise<string|null>|string|null} [options.getAccessToken]  user token when there is no supabase client
+ * @param {() => Promise<string|null>|string|null} [options.getAccessToken]  user token for API calls
  * @param {number} [options.pollInterval]  ms between polls without Realtime (default 1000)
  * @param {number} [options.maxPollInterval]  backoff ceiling in ms (default 15000)
+ * @param {number} [options.readTimeout]  ms before a read is abandoned and retried (default 10000)
+ * @param {number} [options.liveTimeout]  ms after the join reply to assume changes flow when the
+ *   server sends no "Subscribed to PostgreSQL" message (default 10000)
  * @param {typeof fetch} [options.fetch]
  */
 export function createAiJobsClient(options = {}) {
@@ -60,30 +126,78 @@ export function createAiJobsClient(options = {}) {
   const fetchImpl = options.fetch || globalThis.fetch.bind(globalThis);
   const pollInterval = options.pollInterval ?? 1000;
   const maxPollInterval = options.maxPollInterval ?? 15000;
+  const readTimeout = options.readTimeout ?? 10000;
+  const liveTimeout = options.liveTimeout ?? 10000;
+  const statusViaBroadcast = options.statusVia === "broadcast";
+  const registry = registryFor(supabase || {});
 
+  /**
+   * The user's token for API calls: getAccessToken, else the supabase client's
+   * `accessToken` option (third-party auth: such clients throw on auth.getSession()),
+   * else its session (getSession refreshes an expiring token).
+   */
   async function accessToken() {
-    if (options.getAccessToken) return await options.getAccessToken();
-    if (supabase && supabase.auth) {
+    if (options.getAccessToken) return (await options.getAccessToken()) || null;
+    if (!supabase) return null;
+    if (typeof supabase.accessToken === "function") return (await supabase.accessToken()) || null;
+    try {
       const { data } = await supabase.auth.getSession();
       return (data && data.session && data.session.access_token) || null;
+    } catch {
+      return null;
     }
-    return null;
   }
 
-  async function api(method, path, body, headers = {}) {
+  /**
+   * A fresh token for Realtime (realtime-js asks the accessToken callback / session
+   * again) and, after a 401 (`session`), a refreshed supabase-js session for REST.
+   */
+  async function refreshAuth(session = false) {
+    if (!supabase) return;
+    if (session && typeof supabase.accessToken !== "function") {
+      try {
+        await supabase.auth.refreshSession();
+      } catch {
+        // no session to refresh: the next read reports the 401
+      }
+    }
+    try {
+      if (supabase.realtime && typeof supabase.realtime.setAuth === "function") await supabase.realtime.setAuth();
+    } catch {
+      // the accessToken callback failed; realtime-js keeps its cached token
+    }
+  }
+
+  async function api(method, path, body, headers = {}, retried = false) {
     const token = await accessToken();
-    const response = await fetchImpl(`${baseUrl}${path}`, {
-      method,
-      headers: {
-        ...(body !== undefined ? { "content-type": "application/json" } : {}),
-        ...(token ? { authorization: `Bearer ${token}` } : {}),
-        ...headers,
-      },
-      body: body !== undefined ? JSON.stringify(body) : undefined,
-    });
+    let response;
+    try {
+      response = await fetchImpl(`${baseUrl}${path}`, {
+        method,
+        headers: {
+          ...(body !== undefined ? { "content-type": "application/json" } : {}),
+          ...(token ? { authorization: `Bearer ${token}` } : {}),
+          ...headers,
+        },
+        body: body !== undefined ? JSON.stringify(body) : undefined,
+      });
+    } catch (error) {
+      // offline, DNS, CORS refused: status 0, like a read that never got an answer
+      throw new AiJobsError(0, { code: "network_error", detail: String((error && error.message) || error) }, { cause: error });
+    }
+    if (response.status === 401 && !retried) {
+      // an expired token: the request did nothing, so ask once more with a fresh one
+      await refreshAuth(!options.getAccessToken);
+      return api(method, path, body, headers, true);
+    }
     if (response.status === 204) return null;
     const text = await response.text();
-    const data = text ? JSON.parse(text) : null;
+    let data = null;
+    try {
+      data = text ? JSON.parse(text) : null;
+    } catch {
+      data = { detail: text.slice(0, 200) };
+    }
     if (!response.ok) {
       const problem = data || {};
       problem.retryAfter = Number(response.headers.get("retry-after")) || undefined;
@@ -119,151 +233,656 @@ export function createAiJobsClient(options = {}) {
     return api("GET", `/api/jobs${query ? `?${query}` : ""}`);
   }
 
-  /** Re-read the row: through Supabase (RLS) when there is a client, else the API. */
-  async function readJob(id) {
+  /**
+   * Read the row: through Supabase (RLS) when there is a client, else the API.
+   * Resolves null when the job does not exist (or is not the user's); rejects with
+   * an AiJobsError (status 0 for a network failure).
+   */
+  async function readJob(id, signal) {
     if (supabase) {
-      const { data, error } = await supabase.from("ai_jobs").select(JOB_COLUMNS).eq("id", id).maybeSingle();
-      if (error) throw error;
+      let query = supabase.from("ai_jobs").select(JOB_COLUMNS).eq("id", id);
+      if (signal && typeof query.abortSignal === "function") query = query.abortSignal(signal);
+      const { data, error, status } = await query.maybeSingle();
+      if (error) {
+        throw new AiJobsError(status || 0, { code: error.code || undefined, detail: error.message || "read failed" },
+          { cause: error });
+      }
       return data;
     }
-    return getJob(id);
+    try {
+      return await getJob(id);
+    } catch (error) {
+      if (error instanceof AiJobsError && error.status === 404) return null;
+      throw error;
+    }
+  }
+
+  /**
+   * The shared state of one watched job: the latest row, one Realtime channel and
+   * one read loop, whatever the number of watchers. Released with the last watcher.
+   */
+  function createFeed(jobId) {
+    const watchers = new Set();
+    const feed = { jobId, latest: null, mode: null, end: null, watchers, output: null, wantsOutput: false };
+    let channel = null;
+    let outChannel = null; // the private Broadcast channel (live output; status too with statusVia "broadcast")
+    let outRejoinTimer = null;
+    let outRejoins = 0;
+    let pendingOutput = []; // deltas past the text we have (a gap), kept until a read fills it
+    let gapTimer = null;
+    let live = false; // the server confirmed the Postgres subscription
+    let reading = false;
+    let readAgain = false;
+    let retryDelay = pollInterval;
+    let pollTimer = null;
+    let polls = 0;
+    let liveTimer = null;
+    let rejoinTimer = null;
+    let rejoins = 0;
+    let sleeper = null;
+    let failing = false; // an error was reported and nothing has worked since
+
+    function resumed() {
+      if (!failing) return;
+      failing = false;
+      emit("resume");
+    }
+
+    const emit = (kind, ...args) => {
+      for (const watcher of [...watchers]) watcher[kind](...args);
+    };
+
+    function setMode(next) {
+      if (feed.mode === next) return;
+      feed.mode = next;
+      emit("mode", next);
+    }
+
+    function finish(end, value) {
+      if (feed.end) return;
+      feed.end = { kind: end, value };
+      release();
+      if (end === "done") emit("done", value);
+      else if (end === "gone") emit("gone");
+      else emit("failed", value);
+    }
+
+    function release() {
+      if (registry.get(jobId) === feed) registry.delete(jobId);
+      clearTimeout(pollTimer);
+      clearTimeout(liveTimer);
+      clearTimeout(rejoinTimer);
+      clearTimeout(outRejoinTimer);
+      clearTimeout(gapTimer);
+      pollTimer = liveTimer = rejoinTimer = outRejoinTimer = gapTimer = null;
+      if (sleeper) sleeper();
+      if (typeof document !== "undefined") document.removeEventListener("visibilitychange", onVisible);
+      dropChannel();
+      dropOutChannel();
+    }
+
+    function dropOutChannel() {
+      if (!outChannel || !supabase) return;
+      const c = outChannel;
+      outChannel = null;
+      Promise.resolve()
+        .then(() => supabase.removeChannel(c))
+        .catch(() => {});
+    }
+
+    // -- live output -------------------------------------------------------------
+
+    function emitOutput() {
+      const out = feed.output;
+      if (out) emit("output", out);
+    }
+
+    /** Take the row's snapshot (the text so far) when it is ahead of what we show. */
+    function adoptSnapshot(row) {
+      if (!row) return;
+      const snap = row.stream;
+      let changed = false;
+      if (snap && typeof snap.text === "string" && typeof snap.id === "string") {
+        const out = feed.output;
+        if (!out || out.stream !== snap.id) {
+          feed.output = { stream: snap.id, format: snap.format || "text", text: snap.text, partial: parsePartial(snap), done: false };
+          pendingOutput = pendingOutput.filter((m) => m.stream === snap.id);
+          changed = true;
+        } else if (snap.text.length > out.text.length && snap.text.startsWith(out.text)) {
+          feed.output = { ...out, text: snap.text, partial: out.format === "json" ? parsePartial(snap) ?? out.partial : undefined };
+          changed = true;
+        }
+      }
+      if (isTerminal(row) && row.status === "completed" && feed.output && !feed.output.done) {
+        // the final text is the result's (the last snapshot may lag the last delta)
+        const result = row.result || {};
+        const final = feed.output.format === "text" && typeof result.text === "string" ? result.text : feed.output.text;
+        const partial = feed.output.format === "json" ? ("data" in result ? result.data : result) : undefined;
+        feed.output = { ...feed.output, text: final, partial, done: true };
+        changed = true;
+      }
+      if (drainOutput() || changed) emitOutput();
+    }
+
+    function parsePartial(snap) {
+      if (!snap || snap.format !== "json") return undefined;
+      try {
+        return JSON.parse(snap.text);
+      } catch {
+        return undefined; // incomplete JSON: the next message carries `partial`
+      }
+    }
+
+    /** Apply kept deltas that now connect; true when the text grew. */
+    function drainOutput() {
+      let grew = false;
+      let progressed = true;
+      while (progressed && pendingOutput.length && feed.output) {
+        progressed = false;
+        pendingOutput.sort((a, b) => a.offset - b.offset);
+        const rest = [];
+        for (const m of pendingOutput) {
+          if (m.stream !== feed.output.stream) continue;
+          if (m.offset <= feed.output.text.length) {
+            if (appendOutput(m)) grew = true;
+            progressed = true;
+          } else {
+            rest.push(m);
+          }
+        }
+        pendingOutput = rest;
+      }
+      if (pendingOutput.length) scheduleGapRead();
+      else {
+        clearTimeout(gapTimer);
+        gapTimer = null;
+      }
+      return grew;
+    }
+
+    /** A delta at or before the end of our text: append what is new. */
+    function appendOutput(m) {
+      const out = feed.output;
+      const end = m.offset + m.delta.length;
+      if (end <= out.text.length) {
+        if (m.done && !out.done && end === out.text.length) feed.output = { ...out, done: true };
+        return false; // a duplicate or an overlap we already have
+      }
+      const text = out.text + m.delta.slice(out.text.length - m.offset);
+      feed.output = { ...out, text, partial: "partial" in m ? m.partial : out.partial, done: Boolean(m.done) };
+      return true;
+    }
+
+    function scheduleGapRead() {
+      if (gapTimer || feed.end) return;
+      requestRead(); // the row's snapshot is written with each progress write (every 0.5 s)
+      gapTimer = setTimeout(() => {
+        gapTimer = null;
+        if (pendingOutput.length && !feed.end) scheduleGapRead();
+      }, 400);
+    }
+
+    function onOutput(message) {
+      const m = message && message.payload;
+      if (feed.end || !m || m.job !== jobId || typeof m.delta !== "string" || typeof m.offset !== "number") return;
+      const out = feed.output;
+      if (!out || out.stream !== m.stream) {
+        if (m.offset === 0) {
+          feed.output = { stream: m.stream, format: m.format || "text", text: "", partial: undefined, done: false };
+          pendingOutput = pendingOutput.filter((p) => p.stream === m.stream);
+        } else {
+          pendingOutput.push(m); // a stream we have no start of: the row has it
+          scheduleGapRead();
+          return;
+        }
+      }
+      if (m.offset > feed.output.text.length) {
+        pendingOutput.push(m);
+        scheduleGapRead();
+        return;
+      }
+      const grew = appendOutput(m);
+      if (drainOutput() || grew) emitOutput();
+    }
+
+    /** A "status" event (statusVia "broadcast"): small; terminal states and unknown rows are read. */
+    function onStatusEvent(message) {
+      const p = message && message.payload;
+      if (feed.end || !p || p.id !== jobId) return;
+      if (p.op === "DELETE") {
+        finish("gone");
+        return;
+      }
+      if (isTerminal(p) || !feed.latest) {
+        requestRead();
+        return;
+      }
+      const merged = { ...feed.latest };
+      for (const key of ["status", "progress", "progress_message", "attempts", "cancel_requested_at", "wait_reason",
+        "updated_at", "finished_at"]) {
+        if (key in p) merged[key] = p[key];
+      }
+      apply(merged); // the updated_at guard drops an older event
+    }
+
+    function onOutStatus(c, status, error) {
+      if (c !== outChannel || feed.end) return;
+      if (status === "SUBSCRIBED") {
+        outRejoins = 0;
+        // joined. Status: reconcile by reading (goLive). Output: the first read already
+        // took the row's text so far; a delta that does not connect to it means some were
+        // sent before the join, and that gap is what triggers a re-read (no read otherwise).
+        if (statusViaBroadcast) goLive();
+      } else if (status === "CHANNEL_ERROR" || status === "TIMED_OUT") {
+        // refused (not the owner, or no Realtime Authorization policy) or unreachable; phoenix retries the join
+        if (statusViaBroadcast) {
+          if (error) {
+            failing = true;
+            emit("error", new AiJobsError(0, { code: "realtime_error", detail: String(error.message || error) }));
+          }
+          goDown("polling-fallback");
+        }
+        refreshAuth();
+      } else if (status === "CLOSED") {
+        outChannel = null;
+        if (statusViaBroadcast) goDown("polling-fallback");
+        scheduleOutRejoin();
+      }
+    }
+
+    function scheduleOutRejoin() {
+      clearTimeout(outRejoinTimer);
+      const delay = [250, 1000, 2000, 5000, 10000][Math.min(outRejoins, 4)];
+      outRejoins += 1;
+      outRejoinTimer = setTimeout(async () => {
+        outRejoinTimer = null;
+        await refreshAuth();
+        if (!feed.end && !outChannel) subscribeOutput();
+      }, delay);
+    }
+
+    async function subscribeOutput() {
+      if (!supabase || feed.end || outChannel) return;
+      try {
+        if (supabase.realtime && typeof supabase.realtime.setAuth === "function") await supabase.realtime.setAuth();
+      } catch {
+        // a refused join reports CHANNEL_ERROR
+      }
+      if (feed.end || outChannel) return;
+      const topic = `ai-jobs-live:${jobId}`; // the policy names this topic exactly: no suffix possible
+      const taken = (typeof supabase.getChannels === "function" ? supabase.getChannels() : [])
+        .some((ch) => ch.topic === `realtime:${topic}`);
+      if (taken) { // our previous channel is still leaving
+        scheduleOutRejoin();
+        return;
+      }
+      let c = null;
+      try {
+        c = supabase.channel(topic, { config: { private: true, broadcast: { self: false, ack: false } } });
+        outChannel = c;
+        c.on("broadcast", { event: "output" }, onOutput)
+          .on("broadcast", { event: "status" }, onStatusEvent)
+          .subscribe((status, error) => onOutStatus(c, status, error));
+      } catch (error) {
+        if (c && outChannel === c) outChannel = null;
+        emit("error", new AiJobsError(0, { code: "realtime_error", detail: String((error && error.message) || error) }));
+        scheduleOutRejoin();
+      }
+    }
+
+    feed.wantOutput = () => {
+      if (feed.wantsOutput) return;
+      feed.wantsOutput = true;
+      if (feed.latest) adoptSnapshot(feed.latest);
+      if (feed.started && !feed.end && !isTerminal(feed.latest)) subscribeOutput();
+    };
+
+    function dropChannel() {
+      if (!channel || !supabase) return;
+      const c = channel;
+      channel = null;
+      live = false;
+      Promise.resolve()
+        .then(() => supabase.removeChannel(c))
+        .catch(() => {}); // the socket is gone: nothing to leave
+    }
+
+    function apply(row) {
+      if (feed.end || !row || row.id !== jobId) return;
+      if (feed.latest && timeKey(row.updated_at) <= timeKey(feed.latest.updated_at)) return; // stale or duplicate
+      feed.latest = row;
+      emit("update", row);
+      if (isTerminal(row)) finish("done", row);
+    }
+
+    function sleep(ms) {
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => { sleeper = null; resolve(); }, ms);
+        sleeper = () => { clearTimeout(timer); sleeper = null; resolve(); };
+      });
+    }
+
+    /** Read now; a read asked for while one is in flight runs again after it (that one may predate the change). */
+    function requestRead() {
+      if (feed.end) return;
+      if (reading) {
+        readAgain = true;
+        return;
+      }
+      reading = true;
+      readLoop()
+        .catch((error) => console.error("ai-jobs: read loop", error))
+        .finally(() => { reading = false; });
+    }
+
+    async function readLoop() {
+      do {
+        readAgain = false;
+        const abort = typeof AbortController !== "undefined" ? new AbortController() : null;
+        const timer = abort ? setTimeout(() => abort.abort(), readTimeout) : null;
+        try {
+          const row = await readJob(jobId, abort ? abort.signal : undefined);
+          if (feed.end) return;
+          retryDelay = pollInterval;
+          if (row === null) {
+            finish("gone");
+            return;
+          }
+          resumed();
+          if (feed.wantsOutput) adoptSnapshot(row);
+          apply(row);
+        } catch (error) {
+          if (feed.end) return;
+          const failure = error instanceof AiJobsError ? error
+            : new AiJobsError(0, { code: "network_error", detail: String((error && error.message) || error) }, { cause: error });
+          if (!retryable(failure)) {
+            emit("error", failure);
+            finish("failed", failure);
+            return;
+          }
+          emit("error", failure);
+          failing = true;
+          if (authFailure(failure)) await refreshAuth(true);
+          await sleep(retryDelay);
+          retryDelay = Math.min(retryDelay * 2, maxPollInterval);
+          readAgain = true;
+        } finally {
+          if (timer) clearTimeout(timer);
+        }
+      } while (readAgain && !feed.end);
+    }
+
+    /** Polls while changes are not pushed: steady before the first live moment, backing off in a fallback. */
+    function schedulePoll() {
+      clearTimeout(pollTimer);
+      pollTimer = null;
+      if (feed.end || live) return;
+      let delay = pollInterval;
+      if (feed.mode === "polling-fallback" || (feed.mode === "connecting" && polls >= 10)) {
+        delay = Math.min(pollInterval * 2 ** Math.min(polls, 16), maxPollInterval);
+      }
+      pollTimer = setTimeout(() => {
+        pollTimer = null;
+        polls += 1;
+        requestRead();
+        schedulePoll();
+      }, delay);
+    }
+
+    function goLive() {
+      if (feed.end || live) return;
+      live = true;
+      rejoins = 0;
+      polls = 0;
+      clearTimeout(liveTimer);
+      clearTimeout(pollTimer);
+      pollTimer = liveTimer = null;
+      setMode("realtime");
+      resumed();
+      requestRead(); // anything that changed before the subscription went live
+    }
+
+    function goDown(kind) {
+      live = false;
+      clearTimeout(liveTimer);
+      liveTimer = null;
+      if (feed.mode !== kind) {
+        polls = 0;
+        setMode(kind);
+      }
+      if (!pollTimer) schedulePoll();
+    }
+
+    function onChange(payload) {
+      if (feed.end || !payload) return;
+      if (payload.eventType === "DELETE") {
+        // not RLS-filtered, primary key only: it must name this job to mean anything
+        const old = payload.old || {};
+        if (old.id === jobId) finish("gone");
+        return;
+      }
+      const row = payload.new;
+      if (!row || row.id !== jobId) return;
+      if (truncated(payload) || !("updated_at" in row)) {
+        // over 1 MB: large columns were dropped. Keep the rest of the last full row,
+        // and read the whole row before showing an end state.
+        if (isTerminal(row) || !feed.latest) {
+          requestRead();
+          return;
+        }
+        const merged = { ...feed.latest };
+        for (const [key, value] of Object.entries(row)) merged[key] = value;
+        apply(merged);
+        return;
+      }
+      if (isTerminal(row) && !("result" in row)) {
+        requestRead();
+        return;
+      }
+      if (feed.wantsOutput && row.updated_at && (!feed.latest || timeKey(row.updated_at) > timeKey(feed.latest.updated_at))) {
+        adoptSnapshot(row);
+      }
+      apply(row);
+    }
+
+    function onSystem(c, payload) {
+      if (c !== channel || feed.end || !payload) return;
+      if (payload.extension === "postgres_changes") {
+        if (payload.status === "ok") goLive();
+        else goDown("polling-fallback"); // the server retries the subscription and reports ok later
+      } else if (payload.status === "error") {
+        // e.g. "Token has expired …": phx_close follows
+        failing = true;
+        emit("error", new AiJobsError(0, { code: "realtime_closed", detail: String(payload.message || "channel closed") }));
+      }
+    }
+
+    function onStatus(c, status, error) {
+      if (c !== channel || feed.end) return;
+      if (status === "SUBSCRIBED") {
+        // joined, but changes flow only once the server says "Subscribed to PostgreSQL"
+        clearTimeout(liveTimer);
+        liveTimer = setTimeout(goLive, liveTimeout); // a server that never says so
+      } else if (status === "CHANNEL_ERROR" || status === "TIMED_OUT") {
+        // realtime-js (phoenix) rejoins an errored channel by itself: make that join carry a fresh token
+        if (error) {
+          failing = true;
+          emit("error", new AiJobsError(0, { code: "realtime_error", detail: String(error.message || error) }));
+        }
+        goDown("polling-fallback");
+        refreshAuth();
+      } else if (status === "CLOSED") {
+        // closed by the server (token expired, shutdown): realtime-js never rejoins it, so we do
+        channel = null;
+        goDown("polling-fallback");
+        scheduleRejoin();
+      }
+    }
+
+    function scheduleRejoin() {
+      clearTimeout(rejoinTimer);
+      const delay = [250, 1000, 2000, 5000, 10000][Math.min(rejoins, 4)];
+      rejoins += 1;
+      rejoinTimer = setTimeout(async () => {
+        rejoinTimer = null;
+        await refreshAuth();
+        if (!feed.end && !channel) subscribe();
+      }, delay);
+    }
+
+    function topicFor() {
+      // a channel with this topic may still be leaving (removeChannel is async) or be the app's own
+      const taken = new Set((typeof supabase.getChannels === "function" ? supabase.getChannels() : []).map((c) => c.topic));
+      let topic = `ai-jobs:${jobId}`;
+      for (let n = 2; taken.has(`realtime:${topic}`); n += 1) topic = `ai-jobs:${jobId}:${n}`;
+      return topic;
+    }
+
+    async function subscribe() {
+      // the join must carry the user's token, not just the anon key: Realtime
+      // authorizes every change against the SELECT policy as that user
+      try {
+        if (supabase.realtime && typeof supabase.realtime.setAuth === "function") await supabase.realtime.setAuth();
+      } catch {
+        // keep the cached token; a refused join reports CHANNEL_ERROR
+      }
+      if (feed.end || channel) return;
+      let c = null;
+      try {
+        c = supabase.channel(topicFor());
+        channel = c;
+        c.on("postgres_changes", { event: "*", schema: "public", table: "ai_jobs", filter: `id=eq.${jobId}` }, onChange)
+          .on("system", {}, (payload) => onSystem(c, payload))
+          .subscribe((status, error) => onStatus(c, status, error));
+      } catch (error) {
+        if (c && channel === c) channel = null;
+        emit("error", new AiJobsError(0, { code: "realtime_error", detail: String((error && error.message) || error) }));
+        goDown("polling-fallback");
+        scheduleRejoin();
+      }
+    }
+
+    function onVisible() {
+      if (typeof document !== "undefined" && document.visibilityState === "visible") requestRead();
+    }
+
+    feed.start = () => {
+      if (feed.end) return; // every watcher stopped before it started (React StrictMode's double effect)
+      feed.started = true;
+      if (typeof document !== "undefined") document.addEventListener("visibilitychange", onVisible);
+      requestRead(); // the first state at once, not after the join
+      if (!supabase) {
+        setMode("polling");
+        schedulePoll();
+        return;
+      }
+      setMode("connecting");
+      schedulePoll(); // until the subscription is live, changes are only seen by reading
+      if (statusViaBroadcast) subscribeOutput(); // one private channel: status and output
+      else {
+        subscribe();
+        if (feed.wantsOutput) subscribeOutput();
+      }
+    };
+    feed.release = release;
+    return feed;
   }
 
   /**
    * Follow one job until it ends. Returns an unsubscribe function.
-   * handlers: {onUpdate(job), onDone(job), onError(error), onMode(mode)}
-   * With a supabase client: postgres_changes on public.ai_jobs filtered id=eq.<id>,
-   * a re-read after every SUBSCRIBED (Realtime keeps no queue) and when a hidden
-   * tab becomes visible, polling with backoff while the channel is down.
+   * handlers: {onUpdate(job), onDone(job), onGone(jobId), onError(error), onResume(), onMode(mode),
+   *   onText(text, info), onPartial(value, info)}
+   * onText gets the whole text so far of the streaming Claude call each time it grows
+   * (info: {stream, format, done}); onPartial gets structured output's JSON so far.
+   * onError reports problems that are being retried (and, before the watch stops, one
+   * that cannot be: a refused read); onResume says reads or Realtime work again.
+   * Watchers of one job share one feed: one channel, one read loop.
    */
   function watchJob(jobId, handlers = {}) {
-    const { onUpdate, onDone, onError, onMode } = handlers;
-    let latest = null;
+    const { onUpdate, onDone, onGone, onError, onMode, onResume, onText, onPartial } = handlers;
+    const wantsOutput = typeof onText === "function" || typeof onPartial === "function";
+    let shownText = null;
+    let shownPartial;
     let stopped = false;
-    let channel = null;
-    let pollTimer = null;
-    let pollDelay = pollInterval;
+    let latest = null;
     let mode = null;
-
-    const setMode = (next) => {
-      if (mode !== next) {
+    if (typeof jobId !== "string" || !UUID.test(jobId)) {
+      queueMicrotask(() => {
+        if (!stopped) safely(onError, new AiJobsError(400, { code: "invalid_job_id", detail: "job id must be a UUID" }));
+      });
+      return () => { stopped = true; };
+    }
+    let feed = registry.get(jobId);
+    if (!feed || feed.end) {
+      feed = createFeed(jobId);
+      registry.set(jobId, feed);
+      queueMicrotask(feed.start);
+    }
+    const watcher = {
+      update(job) {
+        if (stopped) return;
+        if (latest && timeKey(job.updated_at) <= timeKey(latest.updated_at)) return;
+        latest = job;
+        safely(onUpdate, job);
+      },
+      done(job) {
+        if (stopped) return;
+        this.update(job);
+        stop();
+        safely(onDone, job);
+      },
+      gone() {
+        if (stopped) return;
+        stop();
+        safely(onGone, jobId);
+      },
+      failed() {
+        stop();
+      },
+      error(error) {
+        if (!stopped) safely(onError, error);
+      },
+      resume() {
+        if (!stopped) safely(onResume);
+      },
+      mode(next) {
+        if (stopped || next === mode) return;
         mode = next;
-        onMode && onMode(next);
-      }
+        safely(onMode, next);
+      },
+      output(out) {
+        if (stopped || !wantsOutput || !out) return;
+        const info = { stream: out.stream, format: out.format, done: out.done };
+        if (out.text !== shownText) {
+          shownText = out.text;
+          safely(onText, out.text, info);
+        }
+        if (out.format === "json" && out.partial !== undefined && out.partial !== shownPartial) {
+          shownPartial = out.partial;
+          safely(onPartial, out.partial, info);
+        }
+      },
     };
+    const current = feed;
+    current.watchers.add(watcher);
+    if (wantsOutput) current.wantOutput();
+    queueMicrotask(() => {
+      // a late watcher starts from what the feed already knows
+      if (stopped) return;
+      if (current.mode) watcher.mode(current.mode);
+      if (current.output) watcher.output(current.output);
+      if (current.latest) watcher.update(current.latest);
+    });
 
     function stop() {
       if (stopped) return;
       stopped = true;
-      clearTimeout(pollTimer);
-      pollTimer = null;
-      if (typeof document !== "undefined") document.removeEventListener("visibilitychange", onVisible);
-      if (channel && supabase) {
-        const c = channel;
-        channel = null;
-        supabase.removeChannel(c);
+      current.watchers.delete(watcher);
+      if (current.watchers.size === 0 && !current.end) {
+        current.end = { kind: "stopped" };
+        current.release();
       }
     }
-
-    function apply(job) {
-      if (stopped || !job || job.id !== jobId) return;
-      if (latest && timeKey(job.updated_at) <= timeKey(latest.updated_at)) return; // stale or duplicate
-      latest = job;
-      onUpdate && onUpdate(job);
-      if (isTerminal(job)) {
-        stop();
-        onDone && onDone(job);
-      }
-    }
-
-    function fail(error) {
-      onError && onError(error);
-    }
-
-    async function reread() {
-      try {
-        const job = await readJob(jobId);
-        if (job === null) {
-          fail(new AiJobsError(404, { code: "job_not_found", detail: "job not found" }));
-          stop();
-          return;
-        }
-        apply(job);
-        pollDelay = mode === "polling-fallback" ? Math.min(pollDelay * 2, maxPollInterval) : pollInterval;
-      } catch (error) {
-        if (error instanceof AiJobsError && error.status === 404) {
-          fail(error);
-          stop();
-          return;
-        }
-        pollDelay = Math.min(pollDelay * 2, maxPollInterval);
-        fail(error);
-      }
-    }
-
-    function schedulePoll() {
-      clearTimeout(pollTimer);
-      if (stopped) return;
-      pollTimer = setTimeout(async () => {
-        pollTimer = null;
-        await reread();
-        if (!stopped && (mode === "polling" || mode === "polling-fallback")) schedulePoll();
-      }, pollDelay);
-    }
-
-    function startPolling(kind) {
-      if (stopped || mode === kind) return;
-      setMode(kind);
-      pollDelay = pollInterval;
-      schedulePoll();
-    }
-
-    function onVisible() {
-      if (typeof document !== "undefined" && document.visibilityState === "visible") reread();
-    }
-
-    if (typeof document !== "undefined") document.addEventListener("visibilitychange", onVisible);
-
-    if (!supabase) {
-      setMode("polling");
-      reread().then(() => schedulePoll());
-      return stop;
-    }
-
-    async function subscribe() {
-      // Make sure the join carries the user's token, not just the anon key:
-      // Realtime authorizes every change against the SELECT policy as that user.
-      try {
-        if (supabase.realtime && typeof supabase.realtime.setAuth === "function") await supabase.realtime.setAuth();
-      } catch (error) {
-        fail(error);
-      }
-      if (stopped) return;
-      channel = supabase
-        .channel(`ai-jobs:${jobId}`)
-        .on("postgres_changes", { event: "*", schema: "public", table: "ai_jobs", filter: `id=eq.${jobId}` }, (payload) => {
-          if (payload.eventType === "DELETE") {
-            fail(new AiJobsError(404, { code: "job_deleted", detail: "job was deleted" }));
-            stop();
-            return;
-          }
-          apply(payload.new);
-        })
-        .subscribe((status, error) => {
-          if (stopped) return;
-          if (status === "SUBSCRIBED") {
-            clearTimeout(pollTimer);
-            pollTimer = null;
-            setMode("realtime");
-            reread(); // anything that changed before the subscription went live
-          } else if (status === "CHANNEL_ERROR" || status === "TIMED_OUT" || status === "CLOSED") {
-            if (error) fail(error);
-            startPolling("polling-fallback"); // realtime-js keeps rejoining; SUBSCRIBED ends this
-          }
-        });
-    }
-
-    subscribe();
     return stop;
   }
 

@@ -1,14 +1,22 @@
 // The demo console: a job form generated from GET /api/job-types, a live
-// progress view, cancel/retry, and the user's recent jobs. Works against
-// `ai-jobs dev` (token + polling) and a deployed project (Supabase sign-in +
-// Realtime), chosen by config.js.
+// progress view, cancel/retry, and the user's recent jobs. config.js chooses:
+// - auth "token" (what `ai-jobs dev` serves): a dev access token (the banner's
+//   link or pasted), kept in localStorage; with supabaseUrl set (the local
+//   Supabase edge) supabase-js is made with the `accessToken` option, so REST
+//   reads and Realtime joins carry that token and updates are pushed;
+// - supabaseUrl + anon key without auth "token" (a deployment): Supabase Auth
+//   sign-in and Realtime;
+// - neither: token + polling (`ai-jobs serve` with public/config.js unchanged).
 import { createAiJobsClient, isTerminal } from "./ai-jobs.js";
 
 const config = window.AI_JOBS_CONFIG || {};
 const $ = (id) => document.getElementById(id);
+// localStorage: survives a reload and is shared by the tabs of this origin (the
+// dev console on loopback; see README "The demo console").
 const TOKEN_KEY = "ai-jobs-demo-token";
 
 let client = null;
+let supabaseClient = null;
 let jobTypes = [];
 let stopWatching = null;
 let currentJob = null;
@@ -17,52 +25,141 @@ let currentJob = null;
 
 async function loadSupabase() {
   if (!window.supabase) {
+    if (!config.supabaseJsUrl) {
+      throw new Error("config.js sets no supabaseJsUrl (the supabase-js UMD build: your own copy or a CDN)");
+    }
     await new Promise((resolve, reject) => {
       const script = document.createElement("script");
-      script.src = config.supabaseJsUrl || "https://cdn.jsdelivr.net/npm/@supabase/supabase-js@2/dist/umd/supabase.js";
+      script.src = config.supabaseJsUrl;
       script.onload = resolve;
       script.onerror = () => reject(new Error(`could not load supabase-js from ${script.src}`));
       document.head.append(script);
     });
   }
-  return window.supabase.createClient(config.supabaseUrl, config.supabaseAnonKey);
+  return window.supabase;
 }
 
 async function connect() {
+  if (config.auth === "token" || !(config.supabaseUrl && config.supabaseAnonKey)) {
+    await connectWithToken();
+    return;
+  }
+  const { createClient } = await loadSupabase();
+  const supabase = createClient(config.supabaseUrl, config.supabaseAnonKey);
+  client = createAiJobsClient({ baseUrl: config.apiBaseUrl || "", supabase,
+    ...(config.statusVia ? { statusVia: config.statusVia } : {}) });
+  const { data } = await supabase.auth.getSession();
+  showLogin(supabase, data.session);
+  supabase.auth.onAuthStateChange((_event, session) => showLogin(supabase, session));
+}
+
+async function connectWithToken() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  if (params.get("token")) {
+    localStorage.setItem(TOKEN_KEY, params.get("token"));
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  const getAccessToken = () => localStorage.getItem(TOKEN_KEY);
+  let supabase = null;
   if (config.supabaseUrl && config.supabaseAnonKey) {
-    const supabase = await loadSupabase();
-    client = createAiJobsClient({ baseUrl: config.apiBaseUrl || "", supabase });
-    const { data } = await supabase.auth.getSession();
-    showLogin(supabase, data.session);
-    supabase.auth.onAuthStateChange((_event, session) => showLogin(supabase, session));
-  } else {
-    const params = new URLSearchParams(location.hash.slice(1));
-    if (params.get("token")) {
-      sessionStorage.setItem(TOKEN_KEY, params.get("token"));
-      history.replaceState(null, "", location.pathname);
+    try {
+      const { createClient } = await loadSupabase();
+      // third-party-auth style: no Supabase Auth here, every request and join uses this token
+      supabase = createClient(config.supabaseUrl, config.supabaseAnonKey, {
+        accessToken: async () => getAccessToken(),
+      });
+    } catch (error) {
+      $("notice").hidden = false;
+      $("notice").textContent = `${error.message}; following jobs by polling.`;
     }
-    client = createAiJobsClient({
-      baseUrl: config.apiBaseUrl || "",
-      getAccessToken: () => sessionStorage.getItem(TOKEN_KEY),
-      pollInterval: config.pollInterval || 1000,
-    });
-    showTokenForm();
+  } else if (config.notice) {
+    $("notice").hidden = false;
+    $("notice").textContent = config.notice;
+  }
+  supabaseClient = supabase;
+  client = createAiJobsClient({
+    baseUrl: config.apiBaseUrl || "",
+    getAccessToken,
+    ...(supabase ? { supabase } : {}),
+    pollInterval: config.pollInterval || 1000,
+    ...(config.statusVia ? { statusVia: config.statusVia } : {}),
+  });
+  $("token-form").onsubmit = (event) => {
+    event.preventDefault();
+    const token = $("token").value.trim();
+    $("token").value = "";
+    signIn(token);
+  };
+  $("switch-user").onclick = () => signOut("Paste the token of the user to switch to.");
+  // another tab signed in or out: follow it
+  window.addEventListener("storage", (event) => {
+    if (event.key === TOKEN_KEY) showIdentity();
+  });
+  showIdentity();
+}
+
+/** The token's claims, decoded without verifying: for display only (the API verifies). */
+function claimsOf(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(decodeURIComponent(escape(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), "=")))));
+  } catch {
+    return null;
   }
 }
 
-function showTokenForm() {
-  const form = $("token-form");
-  form.hidden = false;
-  const signedIn = Boolean(sessionStorage.getItem(TOKEN_KEY));
-  $("auth-status").textContent = signedIn ? "Using the saved token." : "Paste a token to start.";
-  form.onsubmit = (event) => {
-    event.preventDefault();
-    sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
-    $("token").value = "";
-    $("auth-status").textContent = "Using the saved token.";
-    refreshRecent();
-  };
+function signIn(token) {
+  const claims = claimsOf(token);
+  if (!claims || !claims.sub) {
+    signOut("That is not an access token (ai-jobs token --user you@example.com prints one).");
+    return;
+  }
+  localStorage.setItem(TOKEN_KEY, token);
+  showIdentity();
+}
+
+function signOut(message) {
+  localStorage.removeItem(TOKEN_KEY);
+  showIdentity(message);
+}
+
+/** Signed in: who, and "Switch user". Not (or expired): the token form. */
+function showIdentity(message) {
+  const token = localStorage.getItem(TOKEN_KEY);
+  const claims = token ? claimsOf(token) : null;
+  const expired = claims && typeof claims.exp === "number" && claims.exp * 1000 <= Date.now();
+  if (token && (!claims || expired)) {
+    localStorage.removeItem(TOKEN_KEY);
+    message = expired ? "Your token has expired: paste a fresh one (ai-jobs token --user …)." : "The saved token was not valid: paste a fresh one.";
+  }
+  const signedIn = Boolean(token && claims && !expired);
+  const who = signedIn ? claims.email || claims.sub : "";
+  if (signedIn && $("signed-in").dataset.sub !== claims.sub) clearCurrentJob();
+  $("signed-in").hidden = !signedIn;
+  $("signed-in").dataset.sub = signedIn ? claims.sub : "";
+  $("token-form").hidden = signedIn;
+  $("who").textContent = who;
+  $("who").title = signedIn ? `user id ${claims.sub}` : "";
+  $("auth-status").textContent = signedIn ? "" : message || "Paste a token to start.";
+  if (supabaseClient && supabaseClient.realtime && typeof supabaseClient.realtime.setAuth === "function") {
+    supabaseClient.realtime.setAuth().catch(() => {}); // joins from now on carry this user's token
+  }
   if (signedIn) refreshRecent();
+  else {
+    clearCurrentJob();
+    $("recent").querySelector("tbody").replaceChildren();
+    if (message) $("token").focus();
+  }
+}
+
+function clearCurrentJob() {
+  clearLive();
+  if (stopWatching) stopWatching();
+  stopWatching = null;
+  currentJob = null;
+  $("job-view").hidden = true;
+  $("no-job").hidden = false;
+  setMode("idle");
 }
 
 function showLogin(supabase, session) {
@@ -82,7 +179,7 @@ function showLogin(supabase, session) {
 }
 
 function setMode(mode) {
-  const labels = { realtime: "live (Realtime)", polling: "polling", "polling-fallback": "polling (Realtime reconnecting)" };
+  const labels = { realtime: "realtime", polling: "polling", "polling-fallback": "polling (Realtime reconnecting)" };
   $("mode").textContent = labels[mode] || mode;
   $("mode").dataset.mode = mode;
 }
@@ -224,6 +321,10 @@ function render(job) {
   $("progress").textContent = `${job.progress}%`;
   $("progress-percent").textContent = `${job.progress}%`;
   $("progress-message").textContent = job.progress_message || "";
+  // a parent job's child jobs, counted by the database as they finish
+  const kids = job.children;
+  $("job-children").hidden = !kids;
+  $("job-children").textContent = kids ? `Child jobs: ${kids.done} of ${kids.total} done${kids.failed ? `, ${kids.failed} failed` : ""}` : "";
   $("cancel").disabled = !(job.status === "pending" || job.status === "running");
   $("retry").disabled = !(job.status === "failed" || job.status === "cancelled");
   const failed = job.status === "failed" || (job.error && job.status !== "completed");
@@ -240,12 +341,44 @@ function render(job) {
   }
 }
 
+// Live Claude output: the text as it is written (ai.generate), the JSON so far (ai.extract, ai.match).
+function clearLive() {
+  $("live-view").hidden = true;
+  $("live-text").textContent = "";
+  $("live-text").dataset.steps = "0";
+}
+
+function showLive(text, info) {
+  if (info.format === "json") return; // onPartial shows structured output
+  $("live-view").hidden = false;
+  $("live-title").textContent = info.done ? "Output" : "Writing…";
+  $("live-text").textContent = text;
+  $("live-text").dataset.format = "text";
+  $("live-text").dataset.steps = String(Number($("live-text").dataset.steps || 0) + 1);
+}
+
+function showPartial(value, info) {
+  $("live-view").hidden = false;
+  $("live-title").textContent = info.done ? "Output" : "Extracting…";
+  $("live-text").textContent = JSON.stringify(value, null, 2);
+  $("live-text").dataset.format = "json";
+  $("live-text").dataset.steps = String(Number($("live-text").dataset.steps || 0) + 1);
+}
+
 function watch(job) {
   if (stopWatching) stopWatching();
+  clearLive();
   render(job);
   stopWatching = client.watchJob(job.id, {
+    onText: showLive,
+    onPartial: showPartial,
     onUpdate: render,
     onDone: () => refreshRecent(),
+    onGone: () => {
+      $("job-status").textContent = "deleted";
+      $("job-status").dataset.status = "gone";
+      refreshRecent();
+    },
     onMode: setMode,
     onError: (error) => console.warn("ai-jobs watch:", error),
   });
@@ -271,7 +404,11 @@ async function refreshRecent() {
   try {
     page = await client.listJobs({ limit: 10 });
   } catch (error) {
-    $("auth-status").textContent = error.status === 401 ? "The token was refused; paste a fresh one." : error.message;
+    if (error.status === 401 && (config.auth === "token" || !config.supabaseUrl)) {
+      signOut("The token was refused (expired, or made for another database): paste a fresh one.");
+    } else {
+      $("auth-status").textContent = error.message;
+    }
     return;
   }
   const body = $("recent").querySelector("tbody");

@@ -34,6 +34,7 @@ from ai_jobs.http.openapi import openapi_document
 from ai_jobs.http.services import Services
 from ai_jobs.models import JobError, NewJob
 from ai_jobs.registry import load_job_modules
+from ai_jobs.schedules import ScheduleSettings
 from ai_jobs.settings import Settings
 from ai_jobs.store.base import JobStore
 from tests.conftest import JWT_SECRET, user_token, unused_port
@@ -41,6 +42,7 @@ from tests.conftest import JWT_SECRET, user_token, unused_port
 WORKER_SECRET = "contract-worker-secret"
 CRON_SECRET = "contract-cron-secret"
 MAX_ACTIVE = 2
+MAX_SCHEDULES = 2
 MAX_BODY = 2048
 BUDGET = 0.1
 FUTURE = (datetime.now(UTC) + timedelta(days=1)).isoformat()
@@ -58,6 +60,7 @@ def _settings(**overrides: Any) -> Settings:
         # small spend limits, so the bodies that reach them fit in MAX_BODY: an ai.generate job
         # with the default max_tokens (4096) is estimated at ~$0.043 and reserves ~$0.086
         spend=SpendSettings(max_job_cost_usd=1, user_daily_budget_usd=BUDGET),
+        schedules=ScheduleSettings(max_per_user=MAX_SCHEDULES),
     )
     return Settings(**{**base, **overrides})
 
@@ -108,9 +111,11 @@ class World:
 
     def job(self, state: str, *, owner: uuid.UUID | None = None) -> uuid.UUID:
         """A job of `owner` (alice) in `state`: pending (due tomorrow), running,
-        flagged (running, cancel requested), completed, failed or cancelled."""
+        flagged (running, cancel requested), completed, failed or cancelled; paused (pending,
+        then paused), pause_requested (running, asked to pause), failed_parent (failed,
+        with one pending child)."""
         owner = owner or self.alice
-        due_now = state != "pending"
+        due_now = state not in ("pending", "paused")
         new = NewJob(user_id=owner, job_type="example.countdown", input={"steps": 1, "step_seconds": 0},
                      run_at=None if due_now else datetime.fromisoformat(FUTURE))
         job_id = self.store.enqueue(new).job.id
@@ -125,7 +130,22 @@ class World:
         elif state == "cancelled":
             self.store.request_cancel(job_id)
             self.store.mark_cancelled(job_id, "contract")
+        elif state == "paused":  # pending (due tomorrow), then paused
+            self.store.pause(job_id)
+        elif state == "pause_requested":
+            self.store.pause(job_id)  # running: asked to pause at its next step
+        elif state == "failed_parent":  # failed, with one pending child (due tomorrow)
+            self.store.spawn(job_id, "contract", [{"key": "k", "job_type": "example.countdown", "run_at": FUTURE,
+                                                   "input": {"steps": 1, "step_seconds": 0}}])
+            self.store.fail(job_id, "contract", FATAL)
         return job_id
+
+    def schedule(self, *, owner: uuid.UUID | None = None, paused: bool = False) -> uuid.UUID:
+        """An hourly example.countdown schedule of `owner` (alice)."""
+        return self.store.create_schedule(
+            owner or self.alice, name="contract", job_type="example.countdown", input={"steps": 1, "step_seconds": 0},
+            cron="0 * * * *", timezone="UTC", next_run_at=datetime.now(UTC) + timedelta(hours=1), paused=paused,
+        ).id
 
     def post_json(self, path: str, body: Any, **kw: Any) -> TestResponse:
         return self.client.post(path, data=json.dumps(body), content_type="application/json", **kw)
@@ -148,6 +168,38 @@ class Scenario:
     @property
     def id(self) -> str:
         return f"{self.method} {self.path} {self.status} {self.name}"
+
+
+SCHEDULES = "/api/schedules"
+SCHEDULE = "/api/schedules/{schedule_id}"
+
+
+def hourly(**body: Any) -> dict[str, Any]:
+    return {"type": "example.countdown", "input": {"steps": 1, "step_seconds": 0}, "cron": "0 * * * *",
+            "timezone": "Europe/Berlin", **body}
+
+
+def _schedule_created(w: World, r: TestResponse) -> None:
+    body = r.json
+    assert body["user_id"] == str(w.alice) and body["cron"] == "0 * * * *" and not body["paused"]
+    assert datetime.fromisoformat(body["next_run_at"]).minute == 0
+
+
+def _one_schedule_no_cursor(w: World, r: TestResponse) -> None:
+    assert [s["user_id"] for s in r.json["schedules"]] == [str(w.alice)] and r.json["next_cursor"] is None
+
+
+def _schedule_gone(w: World, r: TestResponse) -> None:
+    assert w.client.get(SCHEDULES, headers=w.auth()).json["schedules"] == []
+
+
+def _schedule_paused(paused: bool) -> Check:
+    def check(w: World, r: TestResponse) -> None:
+        assert r.json["paused"] is paused
+        if not paused:
+            assert datetime.fromisoformat(r.json["next_run_at"]) > datetime.now(UTC)
+
+    return check
 
 
 def countdown(**body: Any) -> dict[str, Any]:
@@ -267,6 +319,16 @@ def _problem_code(code: str, *, field: str | None = None, retry_after: str | Non
 def _check_repeat(w: World, r: TestResponse) -> None:
     _check_created(w, r)
     assert r.json["id"] == str(w.made["first"])
+
+
+def _one_child(w: World, r: TestResponse) -> None:
+    [child] = r.json["jobs"]
+    assert child["parent_id"] == str(w.made["job"]) and child["spawn_key"] == "k" and child["depth"] == 1
+    assert r.json["next_cursor"] is None
+
+
+def _no_children(w: World, r: TestResponse) -> None:
+    assert r.json == {"jobs": [], "next_cursor": None}
 
 
 def _one_job_no_cursor(w: World, r: TestResponse) -> None:
@@ -457,6 +519,98 @@ SCENARIOS: list[Scenario] = [
              _problem_code("active_job_limit")),
     Scenario("POST", "/api/jobs/{job_id}/retry", 429, "daily Claude budget", _retry_over_budget, _budget_problem),
     _job_route("POST", "/retry", 503, "database down", None, job_id=SOMEONE, app="down"),
+    # workflows: pause, resume, children, and the tree rules
+    _job_route("DELETE", "", 409, "a child job is still pending", "failed_parent", _problem_code("invalid_state")),
+    _job_route("POST", "/cancel", 200, "paused: cancelled at once", "paused",
+               _status_is("cancelled", cancel_requested_at=True, finished_at=True)),
+    _job_route("POST", "/pause", 200, "pending: paused at once", "pending", _status_is("paused")),
+    _job_route("POST", "/pause", 200, "running: pause requested", "running",
+               _status_is("running", pause_requested_at=True)),
+    _job_route("POST", "/pause", 200, "already paused: unchanged", "paused", _status_is("paused", unchanged=True)),
+    _job_route("POST", "/pause", 400, "not a UUID", None, _problem_code("invalid_job_id"), job_id=NOT_A_UUID),
+    _job_route("POST", "/pause", 401, "no token", "pending", auth=False),
+    _job_route("POST", "/pause", 404, "another user's job", "pending", _problem_code("job_not_found"), owner="bob"),
+    _job_route("POST", "/pause", 409, "completed job", "completed", _problem_code("invalid_state")),
+    _job_route("POST", "/pause", 409, "being cancelled", "flagged", _problem_code("invalid_state")),
+    _job_route("POST", "/pause", 503, "database down", None, job_id=SOMEONE, app="down"),
+    _job_route("POST", "/resume", 200, "paused: pending again", "paused",
+               _status_is("pending", pause_requested_at=False)),
+    _job_route("POST", "/resume", 200, "running with a pause request: withdrawn", "pause_requested",
+               _status_is("running", pause_requested_at=False)),
+    _job_route("POST", "/resume", 200, "pending: unchanged", "pending", _status_is("pending", unchanged=True)),
+    _job_route("POST", "/resume", 400, "not a UUID", None, _problem_code("invalid_job_id"), job_id=NOT_A_UUID),
+    _job_route("POST", "/resume", 401, "no token", "paused", auth=False),
+    _job_route("POST", "/resume", 404, "another user's job", "paused", _problem_code("job_not_found"), owner="bob"),
+    _job_route("POST", "/resume", 409, "cancelled job", "cancelled", _problem_code("invalid_state")),
+    _job_route("POST", "/resume", 503, "database down", None, job_id=SOMEONE, app="down"),
+    _job_route("GET", "/children", 200, "a parent's children", "failed_parent", _one_child),
+    _job_route("GET", "/children", 200, "no children", "completed", _no_children),
+    _job_route("GET", "/children", 400, "not a UUID", None, _problem_code("invalid_job_id"), job_id=NOT_A_UUID),
+    Scenario("GET", "/api/jobs/{job_id}/children", 400, "limit out of range",
+             lambda w: w.client.get(f"/api/jobs/{w.job('completed')}/children?limit=0", headers=w.auth()),
+             _problem_code("invalid_query", field="limit")),
+    _job_route("GET", "/children", 401, "no token", "failed_parent", auth=False),
+    _job_route("GET", "/children", 404, "another user's job", "failed_parent", _problem_code("job_not_found"),
+               owner="bob"),
+    _job_route("GET", "/children", 503, "database down", None, job_id=SOMEONE, app="down"),
+    # /api/schedules
+    Scenario("POST", SCHEDULES, 201, "created", lambda w: w.post_json(SCHEDULES, hourly(), headers=w.auth()),
+             _schedule_created),
+    Scenario("POST", SCHEDULES, 400, "malformed JSON",
+             lambda w: w.client.post(SCHEDULES, data="{", content_type="application/json", headers=w.auth()),
+             _problem_code("invalid_json")),
+    Scenario("POST", SCHEDULES, 401, "no token", lambda w: w.post_json(SCHEDULES, hourly())),
+    Scenario("POST", SCHEDULES, 409, "per-user schedule cap",
+             lambda w: ([w.schedule() for _ in range(MAX_SCHEDULES)],
+                        w.post_json(SCHEDULES, hourly(), headers=w.auth()))[1], _problem_code("schedule_limit")),
+    Scenario("POST", SCHEDULES, 413, "body over the limit",
+             lambda w: w.post_json(SCHEDULES, hourly(input={"pad": "x" * MAX_BODY}), headers=w.auth()),
+             _problem_code("body_too_large")),
+    Scenario("POST", SCHEDULES, 415, "text/plain",
+             lambda w: w.client.post(SCHEDULES, data=json.dumps(hourly()), content_type="text/plain",
+                                     headers=w.auth()), _problem_code("unsupported_media_type")),
+    Scenario("POST", SCHEDULES, 422, "invalid cron",
+             lambda w: w.post_json(SCHEDULES, hourly(cron="61 * * * *"), headers=w.auth()),
+             _problem_code("invalid_schedule", field="cron")),
+    Scenario("POST", SCHEDULES, 422, "fires more often than the minimum interval",
+             lambda w: w.post_json(SCHEDULES, hourly(cron="*/10 * * * * *"), headers=w.auth()),
+             _problem_code("invalid_schedule", field="cron")),
+    Scenario("POST", SCHEDULES, 422, "unknown time zone",
+             lambda w: w.post_json(SCHEDULES, hourly(timezone="Mars/Olympus"), headers=w.auth()),
+             _problem_code("invalid_schedule", field="timezone")),
+    Scenario("POST", SCHEDULES, 422, "input fails the type's schema",
+             lambda w: w.post_json(SCHEDULES, hourly(input={"steps": "many"}), headers=w.auth()),
+             _problem_code("invalid_input", field="input.steps")),
+    Scenario("POST", SCHEDULES, 503, "database down",
+             lambda w: w.post_json(SCHEDULES, hourly(), headers=w.auth()), _problem_code("store_unavailable"),
+             app="down"),
+    Scenario("GET", SCHEDULES, 200, "own schedules only",
+             lambda w: (w.schedule(), w.schedule(owner=w.bob), w.client.get(SCHEDULES, headers=w.auth()))[2],
+             _one_schedule_no_cursor),
+    Scenario("GET", SCHEDULES, 400, "forged cursor", lambda w: w.client.get(f"{SCHEDULES}?cursor=abc", headers=w.auth()),
+             _problem_code("invalid_query")),
+    Scenario("GET", SCHEDULES, 401, "no token", lambda w: w.client.get(SCHEDULES)),
+    Scenario("GET", SCHEDULES, 503, "database down", lambda w: w.client.get(SCHEDULES, headers=w.auth()), app="down"),
+    *[scenario for method, suffix, ok, check in (
+        ("DELETE", "", 204, _schedule_gone),
+        ("POST", "/pause", 200, _schedule_paused(True)),
+        ("POST", "/resume", 200, _schedule_paused(False)),
+      ) for scenario in (
+        Scenario(method, SCHEDULE + suffix, ok, "own schedule",
+                 lambda w, m=method, x=suffix: w.client.open(f"{SCHEDULES}/{w.schedule(paused=x == '/resume')}{x}",
+                                                           method=m, headers=w.auth()), check),
+        Scenario(method, SCHEDULE + suffix, 400, "not a UUID",
+                 lambda w, m=method, x=suffix: w.client.open(f"{SCHEDULES}/{NOT_A_UUID}{x}", method=m,
+                                                           headers=w.auth()), _problem_code("invalid_schedule_id")),
+        Scenario(method, SCHEDULE + suffix, 401, "no token",
+                 lambda w, m=method, x=suffix: w.client.open(f"{SCHEDULES}/{w.schedule()}{x}", method=m)),
+        Scenario(method, SCHEDULE + suffix, 404, "another user's schedule",
+                 lambda w, m=method, x=suffix: w.client.open(f"{SCHEDULES}/{w.schedule(owner=w.bob)}{x}", method=m,
+                                                           headers=w.auth()), _problem_code("schedule_not_found")),
+        Scenario(method, SCHEDULE + suffix, 503, "database down",
+                 lambda w, m=method, x=suffix: w.client.open(f"{SCHEDULES}/{SOMEONE}{x}", method=m, headers=w.auth()),
+                 _problem_code("store_unavailable"), app="down"),
+    )],
     # the rest
     Scenario("GET", "/api/job-types", 200, "registered types", lambda w: w.client.get("/api/job-types"), _lists_countdown),
     Scenario("GET", "/api/health", 200, "database up", lambda w: w.client.get("/api/health"), _health("ok")),
@@ -513,6 +667,10 @@ def _huge_authorization(method: str, path: str) -> Scenario:
 USER_OPERATIONS = [("POST", "/api/jobs"), ("GET", "/api/jobs"), ("GET", "/api/jobs/{job_id}"),
                    ("DELETE", "/api/jobs/{job_id}"), ("POST", "/api/jobs/{job_id}/cancel"),
                    ("POST", "/api/jobs/{job_id}/retry")]
+USER_OPERATIONS += [("POST", "/api/jobs/{job_id}/pause"), ("POST", "/api/jobs/{job_id}/resume"),
+                    ("GET", "/api/jobs/{job_id}/children")]
+USER_OPERATIONS += [("POST", SCHEDULES), ("GET", SCHEDULES), ("DELETE", SCHEDULE), ("POST", SCHEDULE + "/pause"),
+                    ("POST", SCHEDULE + "/resume")]
 SCENARIOS += [_anonymous(method, path) for method, path in USER_OPERATIONS]
 SCENARIOS += [_huge_authorization(method.upper(), path) for path, ops in DOC["paths"].items() for method in ops
               if method in HTTP_METHODS]

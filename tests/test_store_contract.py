@@ -20,7 +20,7 @@ from ai_jobs.errors import (
     LeaseLostError,
 )
 from ai_jobs.models import JobError, JobStatus, NewJob
-from ai_jobs.store.base import COMPLETE_MANY, JobStore, Json
+from ai_jobs.store.base import COMPLETE_CLAIM, COMPLETE_MANY, ENQUEUE_MANY, JobStore, Json
 
 RETRYABLE = JobError(code="overloaded", message="try later", retryable=True)
 FATAL = JobError(code="bad_request", message="prompt too long", retryable=False)
@@ -66,6 +66,32 @@ def test_per_user_cap_on_active_jobs(store: JobStore, make_user) -> None:
     job = store.list(user_id=user).jobs[0]
     store.request_cancel(job.id)
     enqueue(store, user, max_active=3)  # a cancelled job frees a slot
+
+
+def test_enqueue_many_applies_every_create_check_all_or_nothing(store: JobStore, make_user) -> None:
+    user, other = make_user(), make_user()
+    jobs = [NewJob(user_id=user, job_type="example.countdown", input={"n": i}, max_active=3) for i in range(3)]
+    results = store.enqueue_many(jobs)
+    assert [r.created for r in results] == [True] * 3
+    assert [r.job.input for r in results] == [{"n": 0}, {"n": 1}, {"n": 2}]  # in input order
+    assert all(store.get(r.job.id) == r.job for r in results)
+    # the active-job cap counts the batch's own jobs; a refused job inserts nothing
+    with pytest.raises(ActiveJobLimitError):
+        store.enqueue_many([NewJob(user_id=other, job_type="example.countdown", max_active=3) for _ in range(4)])
+    assert store.list(user_id=other).jobs == []
+    # idempotent repeats return the existing job, inside the same batch too
+    keyed = NewJob(user_id=other, job_type="example.countdown", idempotency_key="k1")
+    first, again = store.enqueue_many([keyed, keyed])
+    assert (first.created, again.created, again.job.id) == (True, False, first.job.id)
+    # the daily budget counts the caps reserved by the jobs before it in the batch
+    budget = {"cost_estimate_usd": 0.2, "cost_cap_usd": 0.4, "daily_budget_usd": 1.0}
+    with pytest.raises(BudgetExceededError):
+        store.enqueue_many([NewJob(user_id=make_user(), job_type="ai.generate", **budget)] * 3)
+    assert store.enqueue_many([]) == []
+    with pytest.raises(InvalidArgumentError):
+        store.enqueue_many([keyed] * 1001)
+    with pytest.raises(InvalidArgumentError):
+        store.call(ENQUEUE_MANY, {"p_jobs": Json([{"job_type": "example.countdown"}])})
 
 
 def test_daily_budget_reserves_caps_and_counts_recorded_spend(store: JobStore, make_user) -> None:
@@ -442,6 +468,39 @@ def test_complete_many_completes_only_what_the_worker_holds(store: JobStore, mak
         store.call(COMPLETE_MANY, {"p_worker": "w1", "p_results": Json({"id": "not an array"})})
 
 
+def test_complete_and_claim_writes_batch_n_and_leases_batch_n_plus_1(store: JobStore, make_user) -> None:
+    """The fused statement is complete_many then claim: only held jobs are completed,
+    the claim spends one attempt per job and leases it, and a job whose slot the
+    completion frees (user limit 1) is claimable in the same statement."""
+    user = make_user()
+    first = enqueue(store, user, user_limit=1).job
+    second = enqueue(store, user, user_limit=1).job
+    theirs = enqueue(store, make_user()).job
+    store.claim("w2", job_id=theirs.id)
+    assert [j.id for j in store.claim("w1", limit=5)] == [first.id]  # the limit holds the second back
+    done, claimed = store.complete_and_claim(
+        "w1", [(first.id, {"n": 1}, {"input_tokens": 3}), (theirs.id, {"n": 99}, None)], limit=5, lease_seconds=45
+    )
+    assert done == {first.id}
+    finished = store.get(first.id)
+    assert finished.status is JobStatus.COMPLETED and finished.result == {"n": 1} and finished.usage == {"input_tokens": 3}
+    assert store.get(theirs.id).status is JobStatus.RUNNING and store.get(theirs.id).locked_by == "w2"  # not w1's
+    assert [j.id for j in claimed] == [second.id]
+    job = claimed[0]
+    assert job.status is JobStatus.RUNNING and job.attempts == 1 and job.locked_by == "w1"
+    assert job.lease_expires_at is not None and store.get(second.id) == job
+    # nothing to complete, nothing due: both parts are empty
+    assert store.complete_and_claim("w1", [], limit=3) == (set(), [])
+    # job types are honoured
+    other = enqueue(store, user, job_type="example.other").job
+    assert store.complete_and_claim("w1", [], limit=3, job_types=["example.countdown"]) == (set(), [])
+    assert [j.id for j in store.complete_and_claim("w1", [], limit=3, job_types=["example.other"])[1]] == [other.id]
+    with pytest.raises(InvalidArgumentError):
+        store.call(COMPLETE_CLAIM, {"p_worker": "w1", "p_results": Json({"id": "not an array"})})
+    with pytest.raises(InvalidArgumentError):
+        store.complete_and_claim("w1", [], limit=0)
+
+
 def test_wakeup_status(store: JobStore, db) -> None:
     """Plain PostgreSQL has no pg_cron: no wake-up and nothing wrong. The same database
     seen as Supabase (it has supabase_admin) without pg_cron reports the problem."""
@@ -457,7 +516,7 @@ def test_wakeup_status(store: JobStore, db) -> None:
             db.execute("drop role supabase_admin")
     assert status.mode == "none" and status.last_run is None
     assert status.problem and "pg_cron is not installed" in status.problem
-    assert "select public.ai_jobs_schedule_wake_v1();" in status.problem
+    assert "select public.ai_jobs_schedule_wake_v2();" in status.problem
 
 
 def test_alerts_evaluate_mark_and_list(store: JobStore, db, make_user) -> None:
@@ -552,3 +611,80 @@ def test_rate_acquire_and_settle(store: JobStore) -> None:
     assert store.rate_settle(first.reservation, input_tokens=700, output_tokens=20) is True
     assert store.rate_acquire(limits, input_tokens=200, output_tokens=50).reservation is not None
     assert store.rate_acquire(limits, input_tokens=0, output_tokens=0).limit == "rpm"
+
+
+def test_progress_stores_the_live_output_snapshot(store: JobStore, make_user, db) -> None:
+    job = enqueue(store, make_user()).job
+    store.claim("w1", lease_seconds=30, job_id=job.id)
+
+    def stored() -> object:
+        return db.execute("select stream from public.ai_jobs where id = %s", (job.id,)).fetchone()[0]
+
+    first = {"id": "s1", "seq": 3, "format": "text", "text": "Hello wor"}
+    assert store.progress(job.id, "w1", 20, "Generating", stream=first).progress == 20
+    assert stored() == first
+    store.progress(job.id, "w1", 25)  # a progress-only write keeps the snapshot
+    assert stored() == first
+    store.progress(job.id, "w1", 26, stream={**first, "seq": 2, "text": "Hello"})  # older: ignored
+    assert stored() == first
+    second = {"id": "s2", "seq": 0, "format": "json", "text": '{"a": '}  # a new call's stream replaces it
+    store.progress(job.id, "w1", 30, stream=second)
+    assert stored() == second
+    for bad in ({"id": "s3", "seq": -1, "text": ""}, {"id": "", "seq": 1, "text": ""}, {"id": "s3", "seq": 1},
+                {"id": "s3", "seq": 1, "text": "x", "format": "xml"}, {"id": "s3", "seq": 1.5, "text": "x"}):
+        with pytest.raises(InvalidArgumentError):
+            store.progress(job.id, "w1", 31, stream=bad)
+    with pytest.raises(LeaseLostError):
+        store.progress(job.id, "w2", 40, stream=first)
+
+
+# -- workflows (child jobs, waiting, pause/resume, tree rules) --------------------------------
+
+
+def test_spawn_wait_and_wake_through_either_adapter(store: JobStore, make_user) -> None:
+    parent = enqueue(store, make_user()).job
+    store.claim("w1", job_id=parent.id)
+    specs = [{"key": f"k{i}", "job_type": "example.countdown", "input": {"steps": i + 1}} for i in range(3)]
+    made = store.spawn(parent.id, "w1", specs)
+    assert [r.created for r in made] == [True] * 3 and [r.job.spawn_seq for r in made] == [0, 1, 2]
+    assert [r.job.id for r in store.spawn(parent.id, "w1", specs)] == [r.job.id for r in made]  # idempotent
+    with pytest.raises(LeaseLostError):
+        store.spawn(parent.id, "w2", specs)
+    with pytest.raises(InvalidArgumentError):
+        store.spawn(parent.id, "w1", [{"key": "x", "job_type": "example.countdown"}], max_depth=1)
+    assert store.wait_children(parent.id, "w1", keys=["k0"])["state"] == "waiting"
+    waiting = store.get(parent.id)
+    assert waiting.status is JobStatus.PENDING and waiting.wait_reason == "waiting_for_children"
+    assert waiting.locked_by is None and waiting.waiting == {"keys": ["k0"], "max_failures": 0}
+    store.claim("w3", job_id=made[0].job.id)
+    store.complete(made[0].job.id, "w3", {"done": 0})
+    woken = store.get(parent.id)
+    assert woken.wait_reason is None and woken.run_at <= datetime.now(UTC)
+    store.claim("w1", job_id=parent.id)
+    answer = store.wait_children(parent.id, "w1", keys=["k0"])
+    assert answer["state"] == "done" and [c["result"] for c in answer["children"]] == [{"done": 0}]
+    page = store.children(parent.id, limit=2)
+    assert len(page.jobs) == 2 and page.next_cursor is not None
+    assert store.resolve_waiting() == 0
+
+
+def test_pause_resume_cancel_retry_delete_a_tree_through_either_adapter(store: JobStore, make_user) -> None:
+    user = make_user()
+    parent = enqueue(store, user).job
+    store.claim("w1", job_id=parent.id)
+    [child] = store.spawn(parent.id, "w1", [{"key": "c", "job_type": "example.countdown", "input": {}}])
+    assert store.pause(parent.id, user_id=user).pause_requested_at is not None
+    assert store.get(child.job.id).status is JobStatus.PAUSED
+    assert store.mark_paused(parent.id, "w1").status is JobStatus.PAUSED
+    with pytest.raises(JobNotFoundError):
+        store.pause(parent.id, user_id=make_user())
+    assert store.resume(parent.id, user_id=user).status is JobStatus.PENDING
+    assert store.get(child.job.id).status is JobStatus.PENDING
+    with pytest.raises(JobStateError):
+        store.delete_tree(parent.id, user_id=user)
+    assert store.request_cancel_tree(parent.id, user_id=user).status is JobStatus.CANCELLED
+    assert store.get(child.job.id).status is JobStatus.CANCELLED
+    assert store.retry_tree(parent.id, user_id=user).status is JobStatus.PENDING
+    assert store.get(child.job.id).status is JobStatus.PENDING
+    store.request_cancel_tree(parent.id, user_id=user)
+    assert store.delete_tree(parent.id, user_id=user).id == parent.id

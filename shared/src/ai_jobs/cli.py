@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ai_jobs.settings import Settings
@@ -92,7 +92,8 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 # -- serving -----------------------------------------------------------------------------
 
 
-def _serve(settings: Settings, args: argparse.Namespace, banner: list[str], demo_fragment: str = "") -> int:
+def _serve(settings: Settings, args: argparse.Namespace, banner: list[str], demo_fragment: str = "",
+           stop: threading.Event | None = None, extend_app: Callable[[Any], None] | None = None) -> int:
     from rich.console import Console
 
     from ai_jobs.http import operations
@@ -105,7 +106,10 @@ def _serve(settings: Settings, args: argparse.Namespace, banner: list[str], demo
     def app_factory(url: str) -> Any:
         configured = settings if settings.worker_url else settings.model_copy(update={"worker_url": url})
         holder["svc"] = Services(settings=configured)
-        return create_app(holder["svc"], serve_public=not args.no_public)
+        app = create_app(holder["svc"], serve_public=not args.no_public)
+        if extend_app is not None:
+            extend_app(app)
+        return app
 
     from ai_jobs.devtools import remove_server_record, write_server_record
 
@@ -123,7 +127,7 @@ def _serve(settings: Settings, args: argparse.Namespace, banner: list[str], demo
             print(f"  demo       {url}/{demo_fragment}")
         print("Press Ctrl-C to stop.", flush=True)
 
-    stop = _stop_on_signals()
+    stop = stop or _stop_on_signals()
     try:
         serve(
             app_factory,
@@ -167,7 +171,8 @@ def _database_identity(settings: Settings) -> str:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return _serve(settings, args, [])
+    # before an embedded database may start: a signal during start-up exits normally, stopping it
+    return _serve(settings, args, [], stop=_stop_on_signals())
 
 
 def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
@@ -175,14 +180,28 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     from ai_jobs.devtools import dev_secrets, ensure_user, mint_token
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Before the embedded database starts: a signal during start-up then ends the
+    # command through its normal exit, which stops the PostgreSQL it started.
+    stop = _stop_on_signals()
     if not os.environ.get("ANTHROPIC_API_KEY"):
         print("warning: ANTHROPIC_API_KEY is not set: the ai.* job types will fail until it is set "
               "(example.countdown works without it)", file=sys.stderr, flush=True)
-    url = _database_url(settings)
+    try:
+        url = _database_url(settings)
+    except Exception:
+        # (the relay thread sets `stop` a moment after the signal that killed pg_ctl)
+        if settings.database_url or not stop.wait(1.0):
+            raise
+        # The signal reached the group: pg_ctl died while starting a server that
+        # runs in its own session. Stop that server unless another process uses it.
+        _stop_orphaned_postgres(settings.data_dir)
+        return 0
     if settings.database_url:
         from ai_jobs.database.migrations import migrate
 
         migrate(url)
+    if stop.is_set():
+        return 0
     secrets = dev_secrets(settings.data_dir)
     settings = settings.model_copy(
         update={
@@ -195,6 +214,7 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     )
     user_id = ensure_user(url, "dev@localhost")
     token = mint_token(settings.jwt_secret or "", user_id, email="dev@localhost")
+    edge, config = _start_supabase_edge(url, settings.jwt_secret or "", args)
     banner = [
         "  database ready, schema applied",
         f"  DATABASE_URL={url}",
@@ -202,8 +222,99 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         f"  dev user   dev@localhost ({user_id})",
         f"  AI_JOBS_TOKEN={token}",
         "  more users: ai-jobs token --user someone@example.com",
+        f"  supabase   {edge.url}   (local Realtime + REST, dev only)" if edge else "",
     ]
-    return _serve(settings, args, [line for line in banner if line], demo_fragment=f"#token={token}")
+
+    def extend(app: Any) -> None:
+        from ai_jobs.localstack import install_dev_routes
+
+        install_dev_routes(app, config)
+
+    try:
+        if stop.is_set():
+            return 0
+        return _serve(settings, args, [line for line in banner if line], demo_fragment=f"#token={token}",
+                      stop=stop, extend_app=extend if config and not args.no_public else None)
+    finally:
+        if edge is not None:
+            edge.stop()
+
+
+def _stop_orphaned_postgres(data_dir: Any) -> None:
+    """Stop the embedded server a signal left half started (pgserver never attached)."""
+    import subprocess
+    from pathlib import Path
+
+    from ai_jobs.database.embedded import HANDLES_FILE, prune_dead_handles
+
+    pgdata = (Path(data_dir) / "pgdata").resolve()
+    if not pgdata.is_dir():
+        return
+    prune_dead_handles(pgdata)
+    try:
+        users = [int(pid) for pid in json.loads((pgdata / HANDLES_FILE).read_text()) if int(pid) != os.getpid()]
+    except (OSError, ValueError, TypeError):
+        users = []
+    if users:
+        return
+    deadline = time.monotonic() + 2  # postgres writes postmaster.pid early in its start
+    while not (pgdata / "postmaster.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    import pgserver
+
+    pg_ctl = Path(pgserver.__file__).parent / "pginstall" / "bin" / "pg_ctl"
+    # as pgserver runs it: as its own system user when we are root (pg_ctl refuses root)
+    user = "pgserver" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
+    subprocess.run([str(pg_ctl), "-D", str(pgdata), "-m", "fast", "-w", "-t", "4", "stop"],
+                   capture_output=True, timeout=10, check=False, user=user)
+
+
+def _start_supabase_edge(url: str, jwt_secret: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The local Supabase edge (Realtime + REST) on the dev database, and the
+    console's config pointing at it. Each missing piece is one line on stderr and a
+    console that polls, never a failed start."""
+    try:
+        from ai_jobs.localstack import dev_config, mint_anon_key, supabase_js_path
+        from ai_jobs.localstack.edge import SupabaseEdge
+        from ai_jobs.localstack.feed import install_feed
+    except ImportError as exc:
+        print(f"note: no local Realtime ({exc.name} is not installed: pip install 'ai-jobs[embedded]'); "
+              "the demo console polls", file=sys.stderr, flush=True)
+        return None, {}
+    import psycopg
+
+    from ai_jobs.database.migrations import is_supabase
+
+    with psycopg.connect(url) as conn:
+        if is_supabase(conn):
+            print("note: DATABASE_URL is a Supabase database: use its own Realtime (no local edge)",
+                  file=sys.stderr, flush=True)
+            return None, {}
+    has_js = supabase_js_path() is not None
+    if not has_js:
+        print("note: supabase-js is not installed (public/node_modules; make dev runs npm ci in public/): "
+              "the demo console polls instead of using Realtime", file=sys.stderr, flush=True)
+    edge = SupabaseEdge(url, jwt_secret, host="127.0.0.1", port=args.supabase_port)
+    try:
+        install_feed(url)
+        edge.start()
+    except (psycopg.Error, OSError, RuntimeError, TimeoutError) as exc:
+        edge.stop()
+        print(f"note: no local Realtime ({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+              "the demo console polls", file=sys.stderr, flush=True)
+        return None, dev_config(None, "", supabase_js=has_js)
+    # Live Claude output: the in-process worker publishes to this edge's broadcast endpoint.
+    from ai_jobs.localstack import mint_service_key
+
+    os.environ.setdefault("AI_JOBS_REALTIME_URL", edge.url)
+    os.environ.setdefault("AI_JOBS_REALTIME_KEY", mint_service_key(jwt_secret))
+    # Status over Broadcast: the database trigger on (or off) as AI_JOBS_STATUS_BROADCAST says.
+    status_broadcast = os.environ.get("AI_JOBS_STATUS_BROADCAST", "off").strip().lower() in ("on", "1", "true")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("select public.ai_jobs_status_broadcast_v1(%s)", (status_broadcast,))
+    return edge, dev_config(edge.url, mint_anon_key(jwt_secret), supabase_js=has_js, status_broadcast=status_broadcast)
 
 
 def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
@@ -228,6 +339,9 @@ def _is_uuid(value: str) -> bool:
 # -- workers -----------------------------------------------------------------------------
 
 
+WORKER_JOBS_PER_DRAIN = 1000
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """A long-lived worker loop for hosts that are not serverless."""
     import random
@@ -242,18 +356,65 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     with open_store(settings) as store:
         # SIGTERM/SIGINT: the running job is released at its next step, no attempt spent
         runner = Runner(store, registry, lease_seconds=args.lease_seconds or settings.lease_seconds, stopping=stop)
-        print(f"worker {runner.worker_id} serving {', '.join(registry.types())}", flush=True)
-        while not stop.is_set():
-            try:
-                outcomes = runner.run_available(max_jobs=args.batch, batch=args.batch)
-            except Exception:  # noqa: BLE001 - keep serving; the database may come back
-                logging.getLogger("ai_jobs.worker").exception("worker loop error")
-                outcomes = []
-            if args.once and not outcomes:
-                break
-            if not outcomes:
-                stop.wait(args.poll_interval * random.uniform(0.8, 1.2))
+        listener = _due_listener(settings, store)
+        wakeup = "LISTEN ai_jobs_due, polling" if listener else "polling"
+        print(f"worker {runner.worker_id} serving {', '.join(registry.types())} ({wakeup} every "
+              f"{args.poll_interval:g} s when idle)", flush=True)
+        try:
+            while not stop.is_set():
+                try:
+                    # due schedule ticks first (each fires once however many workers race)
+                    from ai_jobs.schedules import run_schedules
+
+                    run_schedules(store, registry, settings)
+                except Exception:  # noqa: BLE001 - a schedule problem must not stop the worker
+                    logging.getLogger("ai_jobs.worker").exception("schedule firing error")
+                try:
+                    # many batches per call: each batch's completions ride on the next claim
+                    # (one statement); the bound keeps the outcome list small
+                    outcomes = runner.run_available(max_jobs=WORKER_JOBS_PER_DRAIN, batch=args.batch)
+                except Exception:  # noqa: BLE001 - keep serving; the database may come back
+                    logging.getLogger("ai_jobs.worker").exception("worker loop error")
+                    outcomes = []
+                if args.once and not outcomes:
+                    break
+                if not outcomes:
+                    pause = args.poll_interval * random.uniform(0.8, 1.2)
+                    if listener is not None:
+                        listener.wait(pause, stop)
+                    else:
+                        stop.wait(pause)
+        finally:
+            if listener is not None:
+                listener.close()
     return 0
+
+
+def _due_listener(settings: Settings, store: Any) -> Any:
+    """A LISTEN connection for `ai-jobs worker`, per AI_JOBS_WORKER_WAKEUP: "auto"
+    listens on a direct PostgreSQL connection (not through a transaction pooler,
+    port 6543, which drops LISTEN), "poll" never, "listen" always (it fails loudly if
+    it cannot). None: poll only."""
+    from ai_jobs.store.postgres import PostgresStore, _uses_transaction_pooler
+
+    mode = settings.worker_wakeup
+    if mode == "poll":
+        return None
+    if not isinstance(store, PostgresStore):
+        if mode == "listen":
+            raise SystemExit("AI_JOBS_WORKER_WAKEUP=listen needs a direct PostgreSQL connection (DATABASE_URL)")
+        return None
+    if mode == "auto" and _uses_transaction_pooler(store.conninfo):
+        return None
+    from ai_jobs.wakeup import DueListener
+
+    try:
+        return DueListener(store.conninfo)
+    except Exception as exc:  # noqa: BLE001 - auto: polling still starts every job
+        if mode == "listen":
+            raise
+        logging.getLogger("ai_jobs.worker").warning("cannot LISTEN (%s); polling", type(exc).__name__)
+        return None
 
 
 def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
@@ -270,6 +431,7 @@ def cmd_sweep(args: argparse.Namespace, settings: Settings) -> int:
             stale_pending_seconds=settings.stale_pending_seconds,
             budget_seconds=args.budget,
             alerts=settings.alerts,
+            settings=settings,
         )
     print(report.model_dump_json(indent=2))
     return 0
@@ -544,6 +706,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("dev", help="embedded database, API, local worker hand-off and demo page")
     _server_options(p, 8000)
+    p.add_argument("--supabase-port", type=_port, default=0,
+                   help="port of the local Supabase edge (Realtime + REST, loopback; default 0: any free port)")
     p.set_defaults(func=cmd_dev)
 
     p = sub.add_parser("serve", help="serve the API with the configured database and secrets")

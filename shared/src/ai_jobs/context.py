@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, overload
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar, overload
+from uuid import UUID
 
 from pydantic import BaseModel
 
 from ai_jobs.errors import LeaseLostError
 from ai_jobs.models import Job
 from ai_jobs.store.base import JobStore
+
+if TYPE_CHECKING:
+    from ai_jobs.registry import JobRegistry
+    from ai_jobs.workflows import Child, ChildResult
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -42,6 +48,16 @@ class Deferred(Exception):
         self.delay_seconds = max(0.0, delay_seconds)
         self.reason = reason
         self.message = message
+
+
+class JobPaused(Exception):
+    """Raised inside a handler at its next step after a pause request: the runner marks
+    the job paused (checkpoints kept, no attempt spent)."""
+
+
+class Suspended(Exception):
+    """Raised when the job released its lease itself (waiting for its children): the
+    row is already pending, so the runner writes nothing more."""
 
 
 def add_usage(total: dict[str, Any], delta: Mapping[str, Any]) -> None:
@@ -90,6 +106,8 @@ class JobContext:
         # the spend guard compares it with the job's cap before each call.
         self._spent_usd = _cost(job.usage)
         self._cancel_requested = job.cancel_requested_at is not None
+        self._pause_requested = job.pause_requested_at is not None
+        self._sleeps = 0  # ctx.sleep calls so far in this run of the handler (durable step names)
         self._lease_lost = threading.Event()
         self._lock = threading.Lock()
         self._pending_progress: tuple[int, str | None] | None = None
@@ -97,6 +115,8 @@ class JobContext:
         self._longest_step = 0.0
         self._steps_run = 0
         self.progress_writes = 0
+        # Live output of a streaming Claude call: its snapshot rides on progress writes.
+        self._stream_source: Callable[[], dict[str, Any] | None] | None = None
 
     # -- state from the row -------------------------------------------------------
 
@@ -104,6 +124,8 @@ class JobContext:
         """Take in the latest row (heartbeat, progress, checkpoint): it carries cancel requests."""
         if row.cancel_requested_at is not None:
             self._cancel_requested = True
+        if row.pause_requested_at is not None:
+            self._pause_requested = True
 
     def mark_lease_lost(self) -> None:
         """Another worker owns the job now; stop at the next step without writing."""
@@ -119,6 +141,8 @@ class JobContext:
             raise LeaseLostError(f"job {self.job.id} lease lost")
         if self._cancel_requested:
             raise JobCancelled(str(self.job.id))
+        if self._pause_requested:
+            raise JobPaused(str(self.job.id))
 
     def remaining(self) -> float | None:
         """Seconds left in this invocation's budget (None: unlimited)."""
@@ -169,6 +193,12 @@ class JobContext:
         if self._clock() - self._last_progress_write >= self.progress_interval:
             self.flush_progress()
 
+    def attach_stream(self, source: Callable[[], dict[str, Any] | None] | None) -> None:
+        """While a Claude call streams: `source()` gives the live-output snapshot
+        ({id, seq, format, text}, or None when unchanged) to store with each progress
+        write, so the text so far costs no write of its own. None detaches."""
+        self._stream_source = source
+
     def flush_progress(self) -> None:
         pending = self._pending_progress
         if pending is None:
@@ -176,7 +206,9 @@ class JobContext:
         self._pending_progress = None
         self._last_progress_write = self._clock()
         self.progress_writes += 1
-        self.observe(self.store.progress(self.job.id, self.worker, pending[0], pending[1]))
+        stream = self._stream_source() if self._stream_source is not None else None
+        extra: dict[str, Any] = {"stream": stream} if stream is not None else {}
+        self.observe(self.store.progress(self.job.id, self.worker, pending[0], pending[1], **extra))
 
     # -- steps ----------------------------------------------------------------------
 
@@ -239,3 +271,54 @@ class JobContext:
         needed = estimate if estimate is not None else self._longest_step
         if remaining < needed:
             raise ContinuationNeeded(f"{remaining:.1f}s left, next step needs ~{needed:.1f}s")
+
+    # -- workflows: child jobs, waiting without a worker, durable sleep ---------------
+    # Set by the runner: the registry children are checked against, and the hand-off
+    # that asks for worker invocations for new children (None: workers drain them).
+    registry: JobRegistry | None = None
+    handoff: Callable[[UUID], Any] | None = None
+
+    def spawn(self, job_type: str, input: Mapping[str, Any], *, key: str, **options: Any) -> UUID:  # noqa: A002
+        """Create one child job (see spawn_many); returns its id."""
+        from ai_jobs.workflows import Child
+
+        return self.spawn_many([Child(job_type, input, key, **options)])[0]
+
+    def spawn_many(self, children: Sequence[Child | Mapping[str, Any]]) -> list[UUID]:
+        """Create children of this job in one round trip, owned by its user, each
+        checked like an HTTP create. Idempotent by key: a retried or resumed handler
+        gets the same children back, never new ones. A refused child (unknown type,
+        bad input, depth or children cap, budget) fails this job (spawn_refused)."""
+        from ai_jobs.workflows import spawn_children
+
+        return spawn_children(self, children)
+
+    def wait_for_children(
+        self, keys: Sequence[str] | None = None, *, max_failures: int = 0
+    ) -> list[ChildResult]:
+        """The children's results in spawn order once all (or those with `keys`) are
+        finished. Until then the job releases its worker and lease and waits, pending
+        with wait_reason waiting_for_children; the last child wakes it and the handler
+        runs again from the top (finished steps are kept). More than `max_failures`
+        failed or cancelled children fail this job (child_failed); up to that many
+        come back with status and error."""
+        from ai_jobs.workflows import wait_for_children
+
+        return wait_for_children(self, keys, max_failures)
+
+    def sleep(self, seconds: float, *, key: str | None = None) -> None:
+        """Resume this handler `seconds` from the first time it got here, without
+        holding a worker meanwhile (finished steps are kept)."""
+        from ai_jobs.workflows import sleep_until
+
+        self._sleeps += 1
+        sleep_until(self, time.time() + max(0.0, float(seconds)), key or f"sleep:{self._sleeps}")
+
+    def sleep_until(self, when: datetime, *, key: str | None = None) -> None:
+        """Like sleep, until `when` (timezone-aware)."""
+        from ai_jobs.workflows import sleep_until
+
+        if when.tzinfo is None:
+            raise ValueError("sleep_until needs a timezone-aware datetime")
+        self._sleeps += 1
+        sleep_until(self, when.timestamp(), key or f"sleep:{self._sleeps}")

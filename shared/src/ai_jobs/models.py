@@ -27,6 +27,7 @@ class JobStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PAUSED = "paused"  # stopped by its owner (POST /api/jobs/{id}/pause); never claimed
 
     @property
     def is_terminal(self) -> bool:
@@ -87,6 +88,18 @@ class Job(BaseModel):
     # estimate, and the cap the job's recorded cost may not pass (None: none stored).
     cost_estimate_usd: float | None = None
     cost_cap_usd: float | None = None
+    # Live Claude output: the streaming call's text so far {id, seq, format, text},
+    # written with the coalesced progress writes (ai_jobs_progress_v2).
+    stream: dict[str, Any] | None = None
+    # Workflows: the key and place this child was spawned under, its nesting depth
+    # (0 = root), what a waiting parent waits for, its children's counts, and a pause
+    # request a running job honours at its next step.
+    spawn_key: str | None = None
+    spawn_seq: int | None = None
+    depth: int = 0
+    waiting: dict[str, Any] | None = None
+    children: dict[str, Any] | None = None
+    pause_requested_at: datetime | None = None
 
     @property
     def is_terminal(self) -> bool:

@@ -20,7 +20,7 @@ from uuid import UUID
 
 from pydantic import ValidationError
 
-from ai_jobs.context import ContinuationNeeded, Deferred, JobCancelled, JobContext
+from ai_jobs.context import ContinuationNeeded, Deferred, JobCancelled, JobContext, JobPaused, Suspended
 from ai_jobs.errors import AiJobsError, LeaseLostError
 from ai_jobs.failures import FatalJobError, JobFailure, RetryableJobError
 from ai_jobs.heartbeat import Heartbeater
@@ -92,6 +92,27 @@ class Runner:
         wake-up."""
         deadline = None if budget_seconds is None else self.clock() + budget_seconds
         outcomes: list[Outcome] = []
+        # A finished batch's completions, written by the next claim's statement (one
+        # round trip per batch), or on their own when the loop ends.
+        carry: list[tuple[Job, Any, dict[str, Any]]] = []
+        try:
+            self._drain(outcomes, carry, deadline, job_id, max_jobs, min_remaining_seconds, batch, wait_for_due)
+        finally:
+            if carry:
+                self._complete_deferred(carry, outcomes)
+        return outcomes
+
+    def _drain(
+        self,
+        outcomes: list[Outcome],
+        carry: list[tuple[Job, Any, dict[str, Any]]],
+        deadline: float | None,
+        job_id: UUID | None,
+        max_jobs: int | None,
+        min_remaining_seconds: float,
+        batch: int,
+        wait_for_due: bool,
+    ) -> None:
         first = job_id
         due_misses = 0  # consecutive empty claims while work was due
         while max_jobs is None or len(outcomes) < max_jobs:
@@ -102,9 +123,13 @@ class Runner:
             want = 1 if first is not None else batch
             if max_jobs is not None:
                 want = max(1, min(want, max_jobs - len(outcomes)))
-            claimed = self.store.claim(
-                self.worker_id, limit=want, lease_seconds=self.lease_seconds, job_types=self.registry.types(), job_id=first
-            )
+            if carry and first is None:
+                claimed = self._complete_and_claim(carry, outcomes, want)
+            else:
+                claimed = self.store.claim(
+                    self.worker_id, limit=want, lease_seconds=self.lease_seconds, job_types=self.registry.types(),
+                    job_id=first,
+                )
             if not claimed and first is not None:
                 first = None  # the hand-off's job was taken or is not due; drain the rest
                 continue
@@ -123,12 +148,13 @@ class Runner:
             # end of the batch or after COMPLETE_DELAY; they stay leased until then.
             deferred: list[tuple[Job, Any, dict[str, Any]]] | None = [] if batch > 1 else None
             first_deferred_at = 0.0
+            finished = False
             try:
                 for index, ctx in enumerate(contexts):
                     out_of_time = deadline is not None and deadline - self.clock() < min_remaining_seconds
                     if out_of_time or self.stopping.is_set() or (outcomes and outcomes[-1].kind == "continued"):
                         self._release_unstarted(contexts[index:])
-                        return outcomes
+                        return
                     if deferred and time.monotonic() - first_deferred_at > COMPLETE_DELAY:
                         self._complete_deferred(deferred, outcomes)
                     if deferred is not None and not deferred:
@@ -137,14 +163,18 @@ class Runner:
                     outcomes.append(outcome)
                     if deferred is None or outcome.kind != "completed":
                         self.heartbeater.untrack(ctx.job.id)  # a deferred completion stays leased until written
+                finished = True
             finally:
-                if deferred:
+                if deferred and finished:
+                    carry.extend(deferred)  # still leased (tracked) until the next statement writes them
+                elif deferred:
                     self._complete_deferred(deferred, outcomes)
+                written = {job.id for job, _, _ in carry}
                 for ctx in contexts:
-                    self.heartbeater.untrack(ctx.job.id)
+                    if ctx.job.id not in written:
+                        self.heartbeater.untrack(ctx.job.id)
             if outcomes and outcomes[-1].kind == "continued":
                 break  # the budget is spent: leave the rest to the next invocation
-        return outcomes
 
     def _wait_for_due(self, deadline: float | None, min_remaining_seconds: float, due_misses: int = 0) -> int | None:
         """Sleep until the next pending job is due, if that is within the budget.
@@ -171,7 +201,7 @@ class Runner:
         return None if self.stopping.wait(max(pause, WAIT_MIN_SECONDS)) else misses
 
     def _context(self, job: Job, deadline: float | None) -> JobContext:
-        return JobContext(
+        ctx = JobContext(
             job,
             self.store,
             self.worker_id,
@@ -181,6 +211,10 @@ class Runner:
             clock=self.clock,
             stopping=self.stopping,
         )
+        # child jobs (ctx.spawn) are checked against this registry and handed off like continuations
+        ctx.registry = self.registry
+        ctx.handoff = self.request_continuation
+        return ctx
 
     def _complete_deferred(self, deferred: list[tuple[Job, Any, dict[str, Any]]], outcomes: list[Outcome]) -> None:
         """Write the batch's completions in one statement; a job whose lease was
@@ -194,12 +228,44 @@ class Runner:
         finally:
             for job, _, _ in batch:
                 self.heartbeater.untrack(job.id)
+        self._mark_lost(batch, done, outcomes)
+
+    @staticmethod
+    def _mark_lost(batch: list[tuple[Job, Any, dict[str, Any]]], done: set[UUID], outcomes: list[Outcome]) -> None:
+        """A deferred completion that was not written: its outcome becomes "lost"."""
         lost = {job.id for job, _, _ in batch} - done
         if not lost:
             return
-        for i in range(len(outcomes) - 1, max(len(outcomes) - len(batch), 0) - 1, -1):  # the batch is the tail
+        for i in range(len(outcomes) - 1, -1, -1):  # the batch is near the tail
             if outcomes[i].job_id in lost and outcomes[i].kind == "completed":
                 outcomes[i] = Outcome(outcomes[i].job_id, outcomes[i].job_type, "lost")
+                lost.discard(outcomes[i].job_id)
+                if not lost:
+                    return
+
+    def _complete_and_claim(
+        self, carry: list[tuple[Job, Any, dict[str, Any]]], outcomes: list[Outcome], want: int
+    ) -> list[Job]:
+        """Write the carried completions and claim the next batch in one statement.
+        If it fails, nothing was written or claimed: the carried jobs' leases expire
+        and they run again (as when complete_many fails), and the claim returns empty."""
+        batch, carry[:] = list(carry), []
+        try:
+            done, claimed = self.store.complete_and_claim(
+                self.worker_id,
+                [(job.id, result, usage) for job, result, usage in batch],
+                limit=want,
+                lease_seconds=self.lease_seconds,
+                job_types=self.registry.types(),
+            )
+        except AiJobsError:
+            log.warning("could not complete %d jobs; their leases will expire and they will run again", len(batch))
+            done, claimed = set(), []
+        finally:
+            for job, _, _ in batch:
+                self.heartbeater.untrack(job.id)
+        self._mark_lost(batch, done, outcomes)
+        return claimed
 
     def _release_unstarted(self, contexts: list[JobContext]) -> None:
         for ctx in contexts:
@@ -237,9 +303,13 @@ class Runner:
             payload = definition.parse_input(job.input)
             ctx.check_cancelled()
             output = definition.handler(payload, ctx)
-            result = definition.output_model.model_validate(
-                output.model_dump() if hasattr(output, "model_dump") else output
-            )
+            # An instance of the output model was validated when it was built: dump it
+            # once, straight to JSON types. Anything else is validated first.
+            if type(output) is not definition.output_model:
+                output = definition.output_model.model_validate(
+                    output.model_dump() if hasattr(output, "model_dump") else output
+                )
+            result = output.model_dump(mode="json")
         except JobCancelled:
             ctx.flush_progress()
             waiting = self._on_cancel(job, ctx)
@@ -266,6 +336,13 @@ class Runner:
             )
             log.info("job %s: deferred %.1f s (%s)", job.id, why.delay_seconds, why.reason)
             return Outcome(job.id, job.job_type, "deferred")
+        except Suspended as why:  # waiting for its children: the row is pending already
+            log.info("job %s: %s", job.id, why)
+            return Outcome(job.id, job.job_type, "deferred")
+        except JobPaused:  # its owner paused it: checkpoints kept, no attempt spent
+            ctx.flush_progress()
+            self.store.mark_paused(job.id, self.worker_id, usage=ctx.take_usage())
+            return Outcome(job.id, job.job_type, "deferred")
         except LeaseLostError:
             raise
         except InputValidationError as exc:
@@ -286,9 +363,9 @@ class Runner:
             return self._fail(job, ctx, RetryableJobError("handler_error", f"{type(exc).__name__}: {exc}"))
         ctx.flush_progress()
         if deferred is not None:
-            deferred.append((job, result.model_dump(mode="json"), ctx.take_usage()))
+            deferred.append((job, result, ctx.take_usage()))
         else:
-            self.store.complete(job.id, self.worker_id, result.model_dump(mode="json"), usage=ctx.take_usage())
+            self.store.complete(job.id, self.worker_id, result, usage=ctx.take_usage())
         return Outcome(job.id, job.job_type, "completed")
 
     def _on_cancel(self, job: Job, ctx: JobContext) -> Outcome | None:

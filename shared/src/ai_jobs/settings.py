@@ -15,6 +15,8 @@ from ai_jobs.claude.caching import PromptCacheSettings
 from ai_jobs.claude.pricing import ModelPrice, parse_overrides
 from ai_jobs.claude.ratelimits import RateLimits
 from ai_jobs.claude.spend import SpendSettings
+from ai_jobs.schedules import ScheduleSettings
+from ai_jobs.workflows import WorkflowSettings
 
 StoreKind = Literal["auto", "postgres", "supabase", "embedded"]
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s@]+")
@@ -64,6 +66,11 @@ class Settings(BaseModel):
     handoff_wait_seconds: float = Field(default=5.0, ge=0, le=30)
     # Worker invocations: seconds of work per invocation (keep below maxDuration).
     worker_budget_seconds: float = Field(default=270, gt=0)
+    # How an idle `ai-jobs worker` learns of new jobs: "listen" (LISTEN ai_jobs_due on a
+    # direct connection, plus the poll as a safety net), "poll" (the poll only: needed
+    # where a transaction pooler, e.g. Supavisor on port 6543, drops LISTEN), or "auto"
+    # (listen on a direct DATABASE_URL or the embedded database, poll otherwise).
+    worker_wakeup: Literal["auto", "listen", "poll"] = "auto"
     # Requests.
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     max_input_depth: int = Field(default=32, ge=1, le=200)
@@ -84,6 +91,10 @@ class Settings(BaseModel):
     # AI_JOBS_MAX_CALLS_PER_JOB, AI_JOBS_MAX_JOB_COST_USD, AI_JOBS_USER_DAILY_BUDGET_USD,
     # AI_JOBS_ALLOW_UNPRICED_MODELS; see ai_jobs.claude.spend); workers read the same variables.
     spend: SpendSettings = Field(default_factory=SpendSettings)
+    # Schedules (recurring jobs): minimum interval, per-user cap, deployment schedules' user.
+    schedules: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    # Child jobs (AI_JOBS_MAX_SPAWN_DEPTH, AI_JOBS_MAX_CHILDREN, AI_JOBS_WAIT_RECHECK_SECONDS).
+    workflows: WorkflowSettings = Field(default_factory=WorkflowSettings)
 
     # Claude prices per exact model id (AI_JOBS_PRICES, JSON) replacing or adding to the
     # built-in table; checked here so a malformed value stops start-up, not a paid call.
@@ -158,6 +169,7 @@ class Settings(BaseModel):
             "protection_bypass_secret": "VERCEL_AUTOMATION_BYPASS_SECRET",
             "handoff_wait_seconds": "AI_JOBS_HANDOFF_WAIT_SECONDS",
             "worker_budget_seconds": "AI_JOBS_WORKER_BUDGET_SECONDS",
+            "worker_wakeup": "AI_JOBS_WORKER_WAKEUP",
             "max_body_bytes": "AI_JOBS_MAX_BODY_BYTES",
             "max_input_depth": "AI_JOBS_MAX_INPUT_DEPTH",
             "stale_pending_seconds": "AI_JOBS_STALE_PENDING_SECONDS",
@@ -182,6 +194,8 @@ class Settings(BaseModel):
         values["prompt_cache"] = PromptCacheSettings.from_env(env)
         values["batch_api"] = BatchApiSettings.from_env(env)
         values["spend"] = SpendSettings.from_env(env)
+        values["schedules"] = ScheduleSettings.from_env(env)
+        values["workflows"] = WorkflowSettings.from_env(env)
         return cls.model_validate(values)
 
     def resolved_store(self) -> Literal["postgres", "supabase", "embedded"]:

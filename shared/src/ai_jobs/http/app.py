@@ -13,7 +13,7 @@ from flask import Flask, Request, Response, request, send_from_directory
 from werkzeug.exceptions import HTTPException
 
 from ai_jobs.errors import AiJobsError
-from ai_jobs.http import handlers
+from ai_jobs.http import handlers, schedules, workflows
 from ai_jobs.http.cors import install_cors
 from ai_jobs.http.flask_io import problem_response
 from ai_jobs.http.problems import MAX_AUTHORIZATION_BYTES, MAX_HEADER_BYTES, Problem, problem_from_error
@@ -31,6 +31,14 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("DELETE", "/api/jobs/<job_id>", handlers.delete_job),
     ("POST", "/api/jobs/<job_id>/cancel", handlers.cancel_job),
     ("POST", "/api/jobs/<job_id>/retry", handlers.retry_job),
+    ("POST", "/api/jobs/<job_id>/pause", workflows.pause_job),
+    ("POST", "/api/jobs/<job_id>/resume", workflows.resume_job),
+    ("GET", "/api/jobs/<job_id>/children", workflows.list_children),
+    ("POST", "/api/schedules", schedules.create_schedule),
+    ("GET", "/api/schedules", schedules.list_schedules),
+    ("DELETE", "/api/schedules/<schedule_id>", schedules.delete_schedule),
+    ("POST", "/api/schedules/<schedule_id>/pause", schedules.pause_schedule),
+    ("POST", "/api/schedules/<schedule_id>/resume", schedules.resume_schedule),
     ("GET", "/api/job-types", handlers.job_types),
     ("GET", "/api/health", handlers.health),
     ("GET", "/api/openapi.json", handlers.openapi),

@@ -32,10 +32,13 @@ from ai_jobs.http.schemas import (
     WorkResult,
 )
 from ai_jobs.models import JOB_TYPE_PATTERN, JobStatus
+from ai_jobs.http.schedules import CreateScheduleRequest, PublicSchedule, ScheduleList
+from ai_jobs.http.workflows import workflow_paths
 from ai_jobs.sweep import SweepReport
 
 REF = "#/components/schemas/{model}"
-MODELS = [CreateJobRequest, Job, JobList, JobTypeList, Health, ProblemBody, WorkRequest, WorkResult, SweepReport]
+MODELS = [CreateJobRequest, Job, JobList, JobTypeList, Health, ProblemBody, WorkRequest, WorkResult, SweepReport,
+          CreateScheduleRequest, PublicSchedule, ScheduleList]
 
 
 def _ref(model: type) -> dict[str, str]:
@@ -127,6 +130,87 @@ def _user_job_operation(summary: str, own: dict[str, dict[str, Any]]) -> dict[st
     return {"summary": summary, "security": USER, "parameters": [JOB_ID], "responses": dict(sorted(responses.items()))}
 
 
+SCHEDULE_ID = {"name": "schedule_id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"},
+               "description": "anything that is not a UUID answers 400 invalid_schedule_id"}
+SCHEDULE_NOT_FOUND = _problem(404, "no such schedule, or it belongs to another user (never says which)",
+                              ["schedule_not_found"])
+
+
+def _schedule_operation(summary: str, own: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    responses = {**own, "400": _problem(400, "the schedule id in the path is not a UUID", ["invalid_schedule_id"]),
+                 "401": UNAUTHORIZED, "404": SCHEDULE_NOT_FOUND, "503": UNAVAILABLE}
+    return {"summary": summary, "security": USER, "parameters": [SCHEDULE_ID],
+            "responses": dict(sorted(responses.items()))}
+
+
+def _schedule_paths() -> dict[str, Any]:
+    """/api/schedules: the caller's recurring jobs (README: Schedules)."""
+    return {
+        "/api/schedules": {
+            "post": {
+                "summary": "Create a schedule (a recurring job)",
+                "description": "The job type, input and spend limits are checked as for POST /api/jobs, plus the "
+                               "cron expression and time zone. Each tick creates one job (at most once, whatever "
+                               "the number of workers and sweeps); ticks missed while nothing ran fire once, not "
+                               "as a burst. A tick the queue refuses (your active-job cap, your daily budget) "
+                               "creates no job and is kept in last_error.",
+                "security": USER,
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": _ref(CreateScheduleRequest)}}},
+                "responses": {
+                    "201": _json(PublicSchedule, "created"),
+                    "400": _problem(400, "malformed JSON or an empty body", [*MALFORMED_JSON, "empty_body"]),
+                    "401": UNAUTHORIZED,
+                    "409": _problem(409, "you already have AI_JOBS_MAX_SCHEDULES_PER_USER schedules (default 20)",
+                                    ["schedule_limit"]),
+                    "413": TOO_LARGE,
+                    "415": NOT_JSON,
+                    "422": _problem(
+                        422, "an invalid cron expression or time zone, one that never fires or fires more often "
+                             "than AI_JOBS_SCHEDULE_MIN_INTERVAL_SECONDS (invalid_schedule, field in `errors`), "
+                             "a body that is not valid, an unknown type, input failing the type's schema, or a "
+                             "Claude spend limit (as for POST /api/jobs)",
+                        ["invalid_schedule", "invalid_body", "invalid_json_value", "too_deep", "unknown_job_type",
+                         "invalid_input", "invalid_argument", "model_not_allowed", "model_not_priced",
+                         "max_tokens_too_large", "too_many_calls", "job_cost_too_high"],
+                    ),
+                    "503": UNAVAILABLE,
+                },
+            },
+            "get": {
+                "summary": "List the caller's schedules, newest first",
+                "description": "Keyset-paginated like GET /api/jobs.",
+                "security": USER,
+                "parameters": [
+                    {"name": "limit", "in": "query",
+                     "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+                    {"name": "cursor", "in": "query", "description": "next_cursor of the previous page, as given",
+                     "schema": {"type": "string", "maxLength": 500}},
+                ],
+                "responses": {
+                    "200": _json(ScheduleList, "a page of schedules"),
+                    "400": _problem(400, "a bad, unknown or repeated query parameter", ["invalid_query"]),
+                    "401": UNAUTHORIZED,
+                    "503": UNAVAILABLE,
+                },
+            },
+        },
+        "/api/schedules/{schedule_id}": {
+            "delete": _schedule_operation("Delete a schedule (jobs it created are kept)",
+                                          {"204": {"description": "deleted; no body"}}),
+        },
+        "/api/schedules/{schedule_id}/pause": {
+            "post": _schedule_operation("Pause a schedule: no tick fires until it is resumed",
+                                        {"200": _json(PublicSchedule, "paused (already paused: unchanged)")}),
+        },
+        "/api/schedules/{schedule_id}/resume": {
+            "post": _schedule_operation(
+                "Resume a paused schedule from its next tick after now (missed ticks do not fire)",
+                {"200": _json(PublicSchedule, "active (already active: unchanged)")}),
+        },
+    }
+
+
 @lru_cache(maxsize=1)
 def openapi_document() -> dict[str, Any]:
     _, defs = models_json_schema([(m, "validation") for m in MODELS], ref_template=REF)
@@ -200,12 +284,13 @@ def openapi_document() -> dict[str, Any]:
             "delete": _user_job_operation(
                 "Delete a finished job",
                 {"204": {"description": "deleted; no body"},
-                 "409": _problem(409, "the job is still pending or running; cancel it first", ["invalid_state"])},
+                 "409": _problem(409, "the job is still pending, running or paused, or one of its child jobs "
+                                      "(at any depth) is; cancel it first", ["invalid_state"])},
             ),
         },
         "/api/jobs/{job_id}/cancel": {
             "post": _user_job_operation(
-                "Cancel a pending or running job",
+                "Cancel a pending, running or paused job and its unfinished children (at any depth)",
                 {"200": _json(Job, "pending: now cancelled (waiting on a Claude Message Batch: cancel_requested_at "
                                    "set, still pending until a worker has cancelled the batch); running: "
                                    "cancel_requested_at set, still running until its next step; already cancelled "
@@ -215,11 +300,13 @@ def openapi_document() -> dict[str, Any]:
         },
         "/api/jobs/{job_id}/retry": {
             "post": _user_job_operation(
-                "Retry a failed or cancelled job (finished steps are kept)",
+                "Retry a failed or cancelled job (finished steps are kept) and its failed or cancelled children",
                 {"202": _json(Job, "pending again with fresh attempts, and handed to a worker"),
                  "409": _problem(409, "the job is not failed or cancelled", ["invalid_state"]), "429": TOO_MANY},
             ),
         },
+        **workflow_paths(_user_job_operation, _json, _problem),
+        **_schedule_paths(),
         "/api/job-types": {
             "get": {"summary": "Registered job types with their input and output schemas",
                     "responses": {"200": _json(JobTypeList, "job types", {

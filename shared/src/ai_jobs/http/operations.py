@@ -3,7 +3,7 @@ ai_jobs.http.handlers only parse, authorize and call these)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from ai_jobs import __version__
@@ -23,9 +23,10 @@ from ai_jobs.http.schemas import (
 )
 from ai_jobs.http.services import Services
 from ai_jobs.models import EnqueueResult, Job
-from ai_jobs.runner import RUNNER_MIN_REMAINING_SECONDS
 from ai_jobs.service import submit_job
-from ai_jobs.sweep import SweepReport, sweep
+
+if TYPE_CHECKING:
+    from ai_jobs.sweep import SweepReport
 
 
 def create_job(svc: Services, who: Principal, body: CreateJobRequest, idempotency_header: str | None) -> EnqueueResult:
@@ -84,6 +85,8 @@ def _due_within_a_worker_budget(svc: Services, job: Job) -> bool:
     """A job due now, or soon enough that the invocation we start can wait for it
     (the runner waits for work due within its budget); later ones are woken by
     the database's cron or the sweep."""
+    from ai_jobs.runner import RUNNER_MIN_REMAINING_SECONDS  # the runner itself is not needed to create
+
     delay = (job.run_at - job.created_at).total_seconds()
     return delay <= svc.settings.worker_budget_seconds - RUNNER_MIN_REMAINING_SECONDS
 
@@ -100,18 +103,18 @@ def list_jobs(svc: Services, who: Principal, query: ListJobsQuery) -> JobList:
 
 
 def cancel_job(svc: Services, who: Principal, job_id: UUID) -> PublicJob:
-    return PublicJob.of(svc.store.request_cancel(job_id, user_id=who.user_id))
+    return PublicJob.of(svc.store.request_cancel_tree(job_id, user_id=who.user_id))  # children too
 
 
 def retry_job(svc: Services, who: Principal, job_id: UUID) -> PublicJob:
-    job = svc.store.retry(job_id, user_id=who.user_id, max_active=svc.settings.max_active_per_user,
-                          daily_budget_usd=svc.settings.spend.daily_budget())
+    job = svc.store.retry_tree(job_id, user_id=who.user_id, max_active=svc.settings.max_active_per_user,
+                               daily_budget_usd=svc.settings.spend.daily_budget())  # failed children too
     svc.dispatcher.dispatch(job.id)
     return PublicJob.of(job)
 
 
 def delete_job(svc: Services, who: Principal, job_id: UUID) -> Job:
-    return svc.store.delete(job_id, user_id=who.user_id)
+    return svc.store.delete_tree(job_id, user_id=who.user_id)  # refused while children are active
 
 
 def job_types(svc: Services) -> JobTypeList:
@@ -132,7 +135,7 @@ def job_types(svc: Services) -> JobTypeList:
 # Known causes, matched in lower-cased error text; anything else is named by its type
 # only, so no host, user or connection string can reach the response.
 _UNAVAILABLE_REASONS = (
-    (("ai_jobs_wakeup_status_v1",), "the ai-jobs migrations are not applied (run ai-jobs migrate or supabase db push)"),
+    (("ai_jobs_wakeup_status_v1", "ai_jobs_wakeup_status_v2"), "the ai-jobs migrations are not applied (run ai-jobs migrate or supabase db push)"),
     (("pgserver",), "no database configured (set DATABASE_URL, or SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY)"),
     (("refused",), "connection refused"),
     (("timed out", "timeout", "couldn't get a connection"), "timed out"),
@@ -186,6 +189,8 @@ def work(svc: Services, body: WorkRequest) -> WorkResult:
 
 
 def run_sweep(svc: Services) -> SweepReport:
+    from ai_jobs.sweep import sweep
+
     return sweep(
         svc.store,
         svc.runner(),
@@ -193,4 +198,5 @@ def run_sweep(svc: Services) -> SweepReport:
         stale_pending_seconds=svc.settings.stale_pending_seconds,
         budget_seconds=svc.settings.worker_budget_seconds,
         alerts=svc.settings.alerts,
+        settings=svc.settings,
     )

@@ -108,7 +108,8 @@ class Job(BaseModel):
         default=None,
         description=f"why a pending job has not started yet: {WAIT_REASONS} (that concurrency limit is full; "
                     "it starts when a slot frees), or a reason the worker gave when it put the job back to wait "
-                    "(e.g. rate_limited); null otherwise",
+                    "(e.g. rate_limited; sleeping: ctx.sleep; waiting_for_children: it waits for its child jobs, "
+                    "the last one to finish wakes it); paused for a paused job; null otherwise",
     )
     cost_estimate_usd: float | None = Field(
         default=None,
@@ -120,6 +121,23 @@ class Job(BaseModel):
         description="the job stops (error budget_exceeded) rather than start a Claude call that could take its "
                     "recorded cost (usage.cost_usd) over this; reserved against your daily budget while active",
     )
+    stream: dict[str, Any] | None = Field(
+        default=None,
+        description="live output of the Claude call that is streaming (or streamed last): {id (new per call), seq, "
+                    "format (text|json), text (the text so far)}, updated with the progress writes; live deltas "
+                    "arrive on the private Realtime Broadcast topic ai-jobs-live:<id>",
+    )
+
+    spawn_key: str | None = Field(default=None, description="a child job: the key its parent spawned it under")
+    spawn_seq: int | None = Field(default=None, description="a child job: its place in its parent's spawn order")
+    depth: int = Field(default=0, description="0 for a job you created, 1 for its children, 2 for theirs")
+    waiting: dict[str, Any] | None = Field(
+        default=None, description="while wait_reason is waiting_for_children: {keys (null: all children), max_failures}")
+    children: dict[str, Any] | None = Field(
+        default=None, description="a parent's children: {total, done, failed, active, at}, updated as they finish "
+                                  "(at most every 0.5 s, always when the last one does); null: none spawned")
+    pause_requested_at: datetime | None = Field(
+        default=None, description="a running job asked to pause: it stops at its next step and becomes paused")
 
     @classmethod
     def of(cls, job: StoredJob) -> Job:

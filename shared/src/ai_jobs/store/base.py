@@ -19,6 +19,8 @@ from uuid import UUID
 from pydantic import ValidationError
 
 from ai_jobs.alerts import Alert, AlertEvent, AlertNotice
+from ai_jobs.errors import InvalidArgumentError
+from ai_jobs.schedules import FireResult, Schedule
 from ai_jobs.models import (
     EnqueueResult,
     Job,
@@ -54,12 +56,18 @@ class SqlFunction:
 
 # v3: v2 plus the Claude cost estimate and cap, reserved against the owner's daily budget.
 ENQUEUE = SqlFunction("ai_jobs_enqueue_v3", returns_set=False)
+# up to 1000 enqueue_v3 calls in one statement and transaction (all or nothing)
+ENQUEUE_MANY = SqlFunction("ai_jobs_enqueue_many_v1", returns_set=False)
+MAX_ENQUEUE_MANY = 1000
 CLAIM = SqlFunction("ai_jobs_claim_v2")
 HEARTBEAT = SqlFunction("ai_jobs_heartbeat_v1")
-PROGRESS = SqlFunction("ai_jobs_progress_v1")
+# v2: v1 plus the live-output snapshot (ai_jobs.stream), written in the same update.
+PROGRESS = SqlFunction("ai_jobs_progress_v2")
 CHECKPOINT = SqlFunction("ai_jobs_checkpoint_v1")
 COMPLETE = SqlFunction("ai_jobs_complete_v1")
 COMPLETE_MANY = SqlFunction("ai_jobs_complete_many_v1")
+# complete_many_v1 then claim_v2 in one statement (one round trip per batch for a busy worker)
+COMPLETE_CLAIM = SqlFunction("ai_jobs_complete_claim_v1", returns_set=False)
 FAIL = SqlFunction("ai_jobs_fail_v1")
 RELEASE = SqlFunction("ai_jobs_release_v1")
 CANCELLED = SqlFunction("ai_jobs_cancelled_v1")
@@ -75,7 +83,8 @@ PURGE = SqlFunction("ai_jobs_purge_v1", returns_set=False)
 STALE_PENDING = SqlFunction("ai_jobs_stale_pending_v1")
 QUEUE_DEPTH = SqlFunction("ai_jobs_queue_depth_v1")
 STATS_24H = SqlFunction("ai_jobs_stats_24h_v1")
-WAKEUP_STATUS = SqlFunction("ai_jobs_wakeup_status_v1", returns_set=False)
+# v2: names ai_jobs_schedule_wake_v2 in its fixes; a wake job still on ai_jobs_wake_v1 is a problem.
+WAKEUP_STATUS = SqlFunction("ai_jobs_wakeup_status_v2", returns_set=False)
 NEXT_DUE = SqlFunction("ai_jobs_next_due_v1", returns_set=False)
 EVALUATE_ALERTS = SqlFunction("ai_jobs_evaluate_alerts_v1")
 MARK_ALERT_NOTIFIED = SqlFunction("ai_jobs_mark_alert_notified_v1", returns_set=False)
@@ -84,6 +93,32 @@ ALERTS = SqlFunction("ai_jobs_alerts_v1")
 DEFER = SqlFunction("ai_jobs_defer_v2")
 RATE_ACQUIRE = SqlFunction("ai_jobs_rate_acquire_v1", returns_set=False)
 RATE_SETTLE = SqlFunction("ai_jobs_rate_settle_v1", returns_set=False)
+# Schedules (recurring jobs; ai_jobs.schedules computes the ticks).
+SCHEDULE_CREATE = SqlFunction("ai_jobs_schedule_create_v1")
+SCHEDULE_UPSERT = SqlFunction("ai_jobs_schedule_upsert_v1")
+SCHEDULE_LIST = SqlFunction("ai_jobs_schedule_list_v1")
+SCHEDULE_SET_PAUSED = SqlFunction("ai_jobs_schedule_set_paused_v1")
+SCHEDULE_DELETE = SqlFunction("ai_jobs_schedule_delete_v1")
+SCHEDULE_GET = SqlFunction("ai_jobs_schedule_get_v1")
+SCHEDULE_DUE = SqlFunction("ai_jobs_schedule_due_v1")
+# compare-and-set of next_run_at plus the enqueue, in one transaction
+FIRE_SCHEDULE = SqlFunction("ai_jobs_fire_schedule_v1", returns_set=False)
+# Workflows (issue 16): child jobs, waiting for them without a worker, pause/resume,
+# and the tree rules for cancel, retry and delete.
+SPAWN = SqlFunction("ai_jobs_spawn_v1", returns_set=False)
+WAIT_CHILDREN = SqlFunction("ai_jobs_wait_children_v1", returns_set=False)
+RESOLVE_WAITING = SqlFunction("ai_jobs_resolve_waiting_v1", returns_set=False)
+CHILDREN = SqlFunction("ai_jobs_children_v1")
+PAUSE = SqlFunction("ai_jobs_pause_v1")
+RESUME = SqlFunction("ai_jobs_resume_v1")
+PAUSED = SqlFunction("ai_jobs_paused_v1")
+# v3: v2 plus paused jobs and every unfinished descendant.
+REQUEST_CANCEL_TREE = SqlFunction("ai_jobs_request_cancel_v3")
+# v3: v2 plus the job's failed or cancelled descendants.
+RETRY_TREE = SqlFunction("ai_jobs_retry_v3")
+# v2: refused while a descendant is unfinished.
+DELETE_TREE = SqlFunction("ai_jobs_delete_v2")
+MAX_SPAWN_MANY = 1000
 
 
 class JobStore(ABC):
@@ -178,6 +213,19 @@ class JobStore(ABC):
         )
         return EnqueueResult.model_validate(value)
 
+    def enqueue_many(self, new_jobs: Sequence[NewJob]) -> list[EnqueueResult]:
+        """Insert up to 1000 jobs in one statement and one transaction, each with every
+        check `enqueue` makes (idempotency key, active-job cap, daily budget; a job
+        counts those before it). All or nothing: the first refused job raises the error
+        its own `enqueue` would, and none is inserted. Results are in input order."""
+        if len(new_jobs) > MAX_ENQUEUE_MANY:
+            raise InvalidArgumentError(f"at most {MAX_ENQUEUE_MANY} jobs per call, got {len(new_jobs)}")
+        if not new_jobs:
+            return []
+        payload = [job.model_dump(mode="json", exclude_none=True) for job in new_jobs]
+        values = self.call(ENQUEUE_MANY, {"p_jobs": Json(payload)})
+        return [EnqueueResult.model_validate(value) for value in values]
+
     # -- worker side ---------------------------------------------------------------
 
     def claim(
@@ -218,7 +266,10 @@ class JobStore(ABC):
         message: str | None = None,
         *,
         lease_seconds: int | None = None,
+        stream: Mapping[str, Any] | None = None,
     ) -> Job:
+        """`stream`: the live-output snapshot {id, seq, format, text} to store with it
+        (an older snapshot of the same stream id is ignored)."""
         return self._job(
             PROGRESS,
             {
@@ -227,6 +278,7 @@ class JobStore(ABC):
                 "p_progress": progress,
                 "p_message": message,
                 "p_lease_seconds": lease_seconds,
+                "p_stream": Json(dict(stream)) if stream is not None else None,
             },
         )
 
@@ -275,6 +327,34 @@ class JobStore(ABC):
         ]
         rows = self.call(COMPLETE_MANY, {"p_worker": worker, "p_results": Json(payload)})
         return {UUID(str(row["id"])) for row in rows}
+
+    def complete_and_claim(
+        self,
+        worker: str,
+        results: Sequence[tuple[UUID, Any, Mapping[str, Any] | None]],
+        *,
+        limit: int = 1,
+        lease_seconds: int = 30,
+        job_types: Sequence[str] | None = None,
+    ) -> tuple[set[UUID], list[Job]]:
+        """`complete_many` then `claim`, in one statement: a busy worker writes batch N
+        and leases batch N+1 with one round trip and one commit. Returns the ids this
+        worker still held (now completed) and the newly claimed jobs."""
+        payload = [
+            {"id": str(job_id), "result": result, **({"usage": dict(usage)} if usage else {})}
+            for job_id, result, usage in results
+        ]
+        value = self.call(
+            COMPLETE_CLAIM,
+            {
+                "p_worker": worker,
+                "p_results": Json(payload),
+                "p_limit": limit,
+                "p_lease_seconds": lease_seconds,
+                "p_job_types": list(job_types) if job_types is not None else None,
+            },
+        )
+        return {UUID(str(i)) for i in value["completed"]}, self._readable_jobs(value["claimed"], worker)
 
     def fail(
         self,
@@ -516,3 +596,199 @@ class JobStore(ABC):
             ALERTS, {"p_resolved_within_seconds": int(resolved_within.total_seconds()), "p_limit": limit}
         )
         return [Alert.model_validate(row) for row in rows]
+
+    # -- workflows (child jobs, waiting, pause/resume) ------------------------------
+
+    def spawn(
+        self,
+        job_id: UUID,
+        worker: str,
+        children: Sequence[Mapping[str, Any]],
+        *,
+        max_depth: int | None = None,
+        max_children: int | None = None,
+    ) -> list[EnqueueResult]:
+        """Create children of a job this worker holds, idempotently by their `key`
+        (one statement, all or nothing; results in input order). Each child is a
+        NewJob's JSON plus "key"; the parent's owner and organization are used."""
+        if len(children) > MAX_SPAWN_MANY:
+            raise InvalidArgumentError(f"at most {MAX_SPAWN_MANY} children per call, got {len(children)}")
+        if not children:
+            return []
+        values = self.call(
+            SPAWN,
+            {"p_job_id": job_id, "p_worker": worker, "p_children": Json(list(children)),
+             "p_max_depth": max_depth, "p_max_children": max_children},
+        )
+        return [EnqueueResult.model_validate(value) for value in values]
+
+    def wait_children(
+        self,
+        job_id: UUID,
+        worker: str,
+        *,
+        keys: Sequence[str] | None = None,
+        max_failures: int = 0,
+        recheck_seconds: float | None = None,
+        usage: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """{"state": "done" | "failed", "children": [...]} in spawn order, or
+        {"state": "waiting"}: the job is pending again without its lease until its
+        last waited-for child finishes (a trigger wakes it)."""
+        value = self.call(
+            WAIT_CHILDREN,
+            {"p_job_id": job_id, "p_worker": worker, "p_keys": list(keys) if keys is not None else None,
+             "p_max_failures": max_failures, "p_recheck_seconds": recheck_seconds,
+             "p_usage": Json(dict(usage)) if usage else None},
+        )
+        return dict(value)
+
+    def resolve_waiting(self, *, limit: int = 100) -> int:
+        """Wake waiting parents that have nothing left to wait for; returns how many."""
+        return int(self.call(RESOLVE_WAITING, {"p_limit": limit}) or 0)
+
+    def children(
+        self, job_id: UUID, *, user_id: UUID | None = None, limit: int = 20, cursor: str | None = None
+    ) -> JobPage:
+        """A job's children, newest first, paginated like `list`."""
+        position = JobCursor.decode(cursor) if cursor else None
+        jobs = self._jobs(
+            CHILDREN,
+            {"p_job_id": job_id, "p_user_id": user_id, "p_limit": limit,
+             "p_before_created_at": position.created_at if position else None,
+             "p_before_id": position.id if position else None},
+        )
+        next_cursor = None
+        if len(jobs) == limit:
+            next_cursor = JobCursor(created_at=jobs[-1].created_at, id=jobs[-1].id).encode()
+        return JobPage(jobs=jobs, next_cursor=next_cursor)
+
+    def pause(self, job_id: UUID, *, user_id: UUID | None = None) -> Job:
+        """Pending: paused now. Running: stops at its next step. Unfinished children too."""
+        return self._job(PAUSE, {"p_job_id": job_id, "p_user_id": user_id})
+
+    def resume(self, job_id: UUID, *, user_id: UUID | None = None) -> Job:
+        """Paused: pending again, due now (children too)."""
+        return self._job(RESUME, {"p_job_id": job_id, "p_user_id": user_id})
+
+    def mark_paused(self, job_id: UUID, worker: str, *, usage: Mapping[str, Any] | None = None) -> Job:
+        """The worker honoured a pause request: checkpoints kept, no attempt spent."""
+        return self._job(PAUSED, {"p_job_id": job_id, "p_worker": worker,
+                                  "p_usage": Json(dict(usage)) if usage else None})
+
+    def request_cancel_tree(self, job_id: UUID, *, user_id: UUID | None = None) -> Job:
+        """`request_cancel`, plus paused jobs and every unfinished descendant."""
+        return self._job(REQUEST_CANCEL_TREE, {"p_job_id": job_id, "p_user_id": user_id})
+
+    def retry_tree(
+        self, job_id: UUID, *, user_id: UUID | None = None, max_active: int | None = None,
+        daily_budget_usd: float | None = None,
+    ) -> Job:
+        """`retry`, plus the job's failed or cancelled descendants (completed ones stay)."""
+        return self._job(
+            RETRY_TREE,
+            {"p_job_id": job_id, "p_user_id": user_id, "p_max_active": max_active,
+             "p_daily_budget_usd": daily_budget_usd},
+        )
+
+    def delete_tree(self, job_id: UUID, *, user_id: UUID | None = None) -> Job:
+        """`delete`, refused (JobStateError) while a descendant is unfinished."""
+        return self._job(DELETE_TREE, {"p_job_id": job_id, "p_user_id": user_id})
+
+    # -- schedules -----------------------------------------------------------------
+
+    def create_schedule(
+        self,
+        user_id: UUID,
+        *,
+        name: str,
+        job_type: str,
+        input: Mapping[str, Any],  # noqa: A002
+        cron: str,
+        timezone: str,
+        next_run_at: datetime,
+        paused: bool = False,
+        max_schedules: int | None = None,
+    ) -> Schedule:
+        """A user's schedule; ActiveJobLimitError when they already have `max_schedules`."""
+        rows = self.call(SCHEDULE_CREATE, {
+            "p_user_id": user_id, "p_name": name, "p_job_type": job_type, "p_input": Json(dict(input)),
+            "p_cron": cron, "p_timezone": timezone, "p_next_run_at": next_run_at, "p_paused": paused,
+            "p_max_schedules": max_schedules,
+        })
+        return Schedule.model_validate(rows[0])
+
+    def upsert_schedule(
+        self, *, name: str, run_as: UUID, job_type: str, input: Mapping[str, Any],  # noqa: A002
+        cron: str, timezone: str, next_run_at: datetime,
+    ) -> list[Schedule]:
+        """Declare a deployment schedule by name; returns the row if it was inserted or changed."""
+        rows = self.call(SCHEDULE_UPSERT, {
+            "p_name": name, "p_run_as": run_as, "p_job_type": job_type, "p_input": Json(dict(input)),
+            "p_cron": cron, "p_timezone": timezone, "p_next_run_at": next_run_at,
+        })
+        return [Schedule.model_validate(row) for row in rows]
+
+    def list_schedules(
+        self, *, user_id: UUID | None, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[Schedule], str | None]:
+        """Newest first; user_id None: the deployment's schedules. Returns the page and
+        the cursor of the next one (set when the page is full)."""
+        position = JobCursor.decode(cursor) if cursor else None
+        rows = self.call(SCHEDULE_LIST, {
+            "p_user_id": user_id, "p_limit": limit,
+            "p_before_created_at": position.created_at if position else None,
+            "p_before_id": position.id if position else None,
+        })
+        schedules = [Schedule.model_validate(row) for row in rows]
+        next_cursor = None
+        if len(schedules) == limit:
+            next_cursor = JobCursor(created_at=schedules[-1].created_at, id=schedules[-1].id).encode()
+        return schedules, next_cursor
+
+    def set_schedule_paused(
+        self, schedule_id: UUID, *, user_id: UUID | None, paused: bool, next_run_at: datetime | None = None
+    ) -> Schedule:
+        """Pause or resume (resuming moves next_run_at to `next_run_at`); JobNotFoundError
+        for a schedule that is not this user's."""
+        rows = self.call(SCHEDULE_SET_PAUSED, {
+            "p_id": schedule_id, "p_user_id": user_id, "p_paused": paused, "p_next_run_at": next_run_at,
+        })
+        return Schedule.model_validate(rows[0])
+
+    def get_schedule(self, schedule_id: UUID, *, user_id: UUID | None) -> Schedule:
+        """JobNotFoundError for a schedule that is not this user's (user_id None: the deployment's)."""
+        rows = self.call(SCHEDULE_GET, {"p_id": schedule_id, "p_user_id": user_id})
+        return Schedule.model_validate(rows[0])
+
+    def delete_schedule(self, schedule_id: UUID, *, user_id: UUID | None) -> Schedule:
+        rows = self.call(SCHEDULE_DELETE, {"p_id": schedule_id, "p_user_id": user_id})
+        return Schedule.model_validate(rows[0])
+
+    def due_schedules(self, *, limit: int = 100) -> list[tuple[Schedule, datetime]]:
+        """Active schedules whose tick has come, each with the database's now."""
+        rows = self.call(SCHEDULE_DUE, {"p_limit": limit})
+        out: list[tuple[Schedule, datetime]] = []
+        for row in rows:
+            db_now = row["db_now"]
+            out.append((Schedule.model_validate(row["schedule"]),
+                        db_now if isinstance(db_now, datetime) else datetime.fromisoformat(db_now)))
+        return out
+
+    def fire_schedule(
+        self,
+        schedule_id: UUID,
+        *,
+        expected_next: datetime,
+        new_next: datetime,
+        job: Mapping[str, Any] | None = None,
+        skip_error: Mapping[str, Any] | None = None,
+    ) -> FireResult:
+        """Fire the tick `expected_next` unless another caller did (fired False), moving
+        the schedule to `new_next` and enqueueing `job` (enqueue fields) in one transaction."""
+        value = self.call(FIRE_SCHEDULE, {
+            "p_id": schedule_id, "p_expected_next": expected_next, "p_new_next": new_next,
+            "p_job": Json(dict(job)) if job is not None else None,
+            "p_skip_error": Json(dict(skip_error)) if skip_error is not None else None,
+        })
+        return FireResult.model_validate(value)
