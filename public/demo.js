@@ -179,7 +179,10 @@ function showLogin(supabase, session) {
 }
 
 function setMode(mode) {
-  const labels = { realtime: "realtime", polling: "polling", "polling-fallback": "polling (Realtime reconnecting)" };
+  const labels = {
+    connecting: "connecting to Realtime", realtime: "realtime", polling: "polling",
+    "polling-fallback": "polling (Realtime reconnecting)",
+  };
   $("mode").textContent = labels[mode] || mode;
   $("mode").dataset.mode = mode;
 }
