@@ -112,6 +112,7 @@ bench: $(STAMP) $(VERCEL_STAMP)
 	$(BIN)/python bench/create_latency.py
 	$(BIN)/python bench/handoff_tls.py
 	$(BIN)/python bench/map_cost.py
+	$(BIN)/python bench/map_parallel.py
 	$(BIN)/python bench/import_time.py
 	$(BIN)/python bench/retention.py
 	$(BIN)/python bench/crash_test.py

@@ -217,6 +217,12 @@ export interface AiJobsClient {
   cancelJob(id: string): Promise<Job>;
   retryJob(id: string): Promise<Job>;
   deleteJob(id: string): Promise<null>;
+  /** A running job stops at its next step and becomes paused (children too); 409 when finished. */
+  pauseJob(id: string): Promise<Job>;
+  /** A paused job (and its paused children) becomes pending again. */
+  resumeJob(id: string): Promise<Job>;
+  /** A job's children, newest first, a page at a time (pass next_cursor back as cursor). */
+  listChildren(id: string, options?: { limit?: number; cursor?: string }): Promise<JobList>;
   /** Follow a job until it ends; returns an unsubscribe function. */
   watchJob(id: string, handlers?: WatchHandlers): () => void;
   /** The row through Supabase (RLS) or the API; null when it does not exist for this user. */
@@ -235,4 +241,7 @@ export declare const listJobTypes: AiJobsClient["listJobTypes"];
 export declare const cancelJob: AiJobsClient["cancelJob"];
 export declare const retryJob: AiJobsClient["retryJob"];
 export declare const deleteJob: AiJobsClient["deleteJob"];
+export declare const pauseJob: AiJobsClient["pauseJob"];
+export declare const resumeJob: AiJobsClient["resumeJob"];
+export declare const listChildren: AiJobsClient["listChildren"];
 export declare const watchJob: AiJobsClient["watchJob"];

@@ -221,6 +221,8 @@ export function createAiJobsClient(options = {}) {
   const cancelJob = (id) => api("POST", `/api/jobs/${encodeURIComponent(id)}/cancel`);
   const retryJob = (id) => api("POST", `/api/jobs/${encodeURIComponent(id)}/retry`);
   const deleteJob = (id) => api("DELETE", `/api/jobs/${encodeURIComponent(id)}`);
+  const pauseJob = (id) => api("POST", `/api/jobs/${encodeURIComponent(id)}/pause`);
+  const resumeJob = (id) => api("POST", `/api/jobs/${encodeURIComponent(id)}/resume`);
   const listJobTypes = () => api("GET", "/api/job-types");
 
   /** GET /api/jobs. filters: {status, type, limit, cursor} → {jobs, next_cursor} */
@@ -231,6 +233,17 @@ export function createAiJobsClient(options = {}) {
     }
     const query = params.toString();
     return api("GET", `/api/jobs${query ? `?${query}` : ""}`);
+  }
+
+  /** GET /api/jobs/{id}/children. options: {limit, cursor} → {jobs, next_cursor}, newest first */
+  function listChildren(id, options = {}) {
+    const params = new URLSearchParams();
+    for (const key of ["limit", "cursor"]) {
+      const value = options[key];
+      if (value !== undefined && value !== null && value !== "") params.set(key, String(value));
+    }
+    const query = params.toString();
+    return api("GET", `/api/jobs/${encodeURIComponent(id)}/children${query ? `?${query}` : ""}`);
   }
 
   /**
@@ -886,7 +899,10 @@ export function createAiJobsClient(options = {}) {
     return stop;
   }
 
-  return { createJob, getJob, listJobs, listJobTypes, cancelJob, retryJob, deleteJob, watchJob, readJob };
+  return {
+    createJob, getJob, listJobs, listJobTypes, cancelJob, retryJob, deleteJob, pauseJob, resumeJob, listChildren,
+    watchJob, readJob,
+  };
 }
 
 // A default client for apps with one configuration: configure() once, then use
@@ -910,4 +926,7 @@ export const listJobTypes = (...args) => client().listJobTypes(...args);
 export const cancelJob = (...args) => client().cancelJob(...args);
 export const retryJob = (...args) => client().retryJob(...args);
 export const deleteJob = (...args) => client().deleteJob(...args);
+export const pauseJob = (...args) => client().pauseJob(...args);
+export const resumeJob = (...args) => client().resumeJob(...args);
+export const listChildren = (...args) => client().listChildren(...args);
 export const watchJob = (...args) => client().watchJob(...args);

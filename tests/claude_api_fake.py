@@ -104,8 +104,10 @@ class ClaudeApiFake(ThreadingHTTPServer):
         done_before_cancel: int = 1,
         min_cacheable: dict[str, int] | None = None,
         batch_cache: str = "parallel",
+        call_seconds: float = 0.0,
     ) -> None:
         self.batch_cache = batch_cache
+        self.call_seconds = call_seconds  # how long each POST /v1/messages takes (benchmarks)
         self.responder = responder
         self.polls_until_ended = polls_until_ended
         self.outcomes = dict(outcomes or {})
@@ -397,6 +399,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/v1/messages":
             with self.server._lock:
                 self.server.message_requests.append(body)
+            if self.server.call_seconds:
+                time.sleep(self.server.call_seconds)
             status, message = self.server.answer(body, batch=False)
             if status == 200 and body.get("stream"):
                 self._send(200, _sse(message), "text/event-stream")

@@ -50,7 +50,11 @@ class WorkflowSettings(BaseModel):
 @dataclass(frozen=True)
 class Child:
     """One child to spawn: its type, input and the key that makes the spawn idempotent
-    (unique per parent). `concurrency_key`, `priority` and `metadata` as for a create."""
+    (unique per parent). `concurrency_key`, `priority` and `metadata` as for a create.
+    `key_limit`: how many jobs with this concurrency_key may run at once (default: the
+    type's or AI_JOBS_KEY_CONCURRENCY). `cost_cap_usd`: a Claude spend cap carved out
+    of the parent's (the lower of it and the child's own cap is stored); such a child
+    is not checked against the daily budget at spawn: its parent's cap already was."""
 
     job_type: str
     input: Mapping[str, Any]
@@ -59,6 +63,8 @@ class Child:
     concurrency_key: str | None = None
     metadata: Mapping[str, Any] | None = None
     run_at: datetime | None = None
+    key_limit: int | None = None
+    cost_cap_usd: float | None = None
 
 
 @dataclass(frozen=True)
@@ -106,14 +112,21 @@ def child_spec(
     )
     parsed = definition.parse_input(child.input)
     plan = plan_new_job(child.job_type, parsed, settings.spend, {**BUILT_IN, **settings.price_overrides})
+    cap = plan.cap_usd if plan else None
+    carved = child.cost_cap_usd is not None
+    if child.cost_cap_usd is not None:
+        share = max(0.0, float(child.cost_cap_usd))
+        cap = share if cap is None else min(cap, share)
+    if child.key_limit is not None:
+        key_limit = child.key_limit or None
     new_job = registry.new_job(
         user_id,
         child.job_type,
         child.input,
         parsed=parsed,
         cost_estimate_usd=plan.estimate_usd if plan else None,
-        cost_cap_usd=plan.cap_usd if plan else None,
-        daily_budget_usd=settings.spend.daily_budget() if plan and plan.cap_usd is not None else None,
+        cost_cap_usd=cap,
+        daily_budget_usd=settings.spend.daily_budget() if plan and cap is not None and not carved else None,
         priority=child.priority,
         run_at=child.run_at,
         metadata=dict(child.metadata or {}),

@@ -3,7 +3,11 @@
 import {
   AiJobsError,
   createAiJobsClient,
+  listChildren,
+  pauseJob,
+  resumeJob,
   type Job,
+  type JobList,
   type JobStatus,
   type JobStream,
   type OutputInfo,
@@ -36,6 +40,11 @@ async function example(): Promise<void> {
   stop();
   try {
     await client.cancelJob(job.id);
+    const paused: Job = await client.pauseJob(job.id);
+    const resumed: Job = await pauseJob(job.id).then(() => resumeJob(job.id));
+    const kids = await client.listChildren(job.id, { limit: 20, cursor: page.next_cursor ?? undefined });
+    const more: JobList = await listChildren(job.id);
+    console.log(paused.status, resumed.status, kids.jobs.length, kids.next_cursor, more.jobs[0]?.parent_id);
   } catch (error) {
     if (error instanceof AiJobsError) console.log(error.status, error.code, error.errors[0]?.field, error.retryAfter);
   }

@@ -376,6 +376,12 @@ def map_batches(data: MapBatchesInput, ctx: JobContext) -> MapBatchesOutput:
 
         return ctx.step(f"batch-{index}", call, returns=BatchMappings)
 
+    from ai_jobs.jobs import map_fan_out
+
+    if map_fan_out.wanted(total, through_api=through_api, checkpoints=ctx.checkpoints):
+        # Over AI_JOBS_MAP_FAN_OUT_MIN_BATCHES: batch 1 here (it writes the cached
+        # prefix), the rest as child jobs in parallel (see map_fan_out).
+        return map_fan_out.run(data, ctx, ttl, run_batch(1, batches[0]))
     if through_api and ttl is not None and total > 1 and STEP not in ctx.checkpoints:
         # The first batch goes directly and writes the 1-hour cache before the Message
         # Batch is sent: the batch's requests run in parallel, so without this each

@@ -60,8 +60,8 @@ def configured(settings: type[BaseModel]) -> Any:
         problems = "; ".join(f"{e['loc'][0] if e['loc'] else 'value'}: {e['msg']}" for e in exc.errors())
         raise FatalJobError(
             "claude_config",
-            f"The worker's prompt-cache or Batch API settings are invalid ({problems}); check "
-            "AI_JOBS_PROMPT_CACHE*, AI_JOBS_MAP_BATCH_API_*.",
+            f"The worker's prompt-cache, Batch API or map fan-out settings are invalid ({problems}); check "
+            "AI_JOBS_PROMPT_CACHE*, AI_JOBS_MAP_BATCH_API_*, AI_JOBS_MAP_FAN_OUT_MIN_BATCHES, AI_JOBS_MAP_PARALLELISM.",
         ) from None
 
 
