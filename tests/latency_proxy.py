@@ -239,6 +239,7 @@ def creates_with_frozen_functions(
         report = {"elapsed": elapsed, "job_id": str(result.job.id), "unconfirmed": dispatcher.unconfirmed}
         os.write(write_end, (json.dumps(report) + "\n").encode())
         os.close(write_end)  # the parent reads until every instance of the wave closed it
+        signal.alarm(0)
         os.kill(os.getpid(), signal.SIGSTOP)  # the response is out: the function is frozen
 
     children: list[int] = []
@@ -251,6 +252,10 @@ def creates_with_frozen_functions(
                 pid = os.fork()
                 if pid == 0:  # pragma: no cover - runs in the child
                     code = 0
+                    # Forked from a threaded process: should a lock another thread held at
+                    # the fork ever block this child, SIGALRM ends it, its pipe end closes
+                    # and the count below fails the test instead of hanging the suite.
+                    signal.alarm(60)
                     try:
                         os.close(read_end)
                         instance(write_end)
