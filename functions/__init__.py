@@ -1,1 +1,1 @@
-"""Vercel entrypoint: app.py exposes the package's Flask app (ai_jobs.http.app)."""
+"""Vercel entrypoint: app.py exposes the package's WSGI app (ai_jobs.http.app)."""

@@ -1,6 +1,6 @@
 """The Vercel entrypoint (pyproject.toml's [tool.vercel] entrypoint): the
-package's Flask app, `ai_jobs.http.app.create_app()`. The routes and handlers
-live in the package so `ai-jobs serve` from a wheel runs the same app.
+package's WSGI app, `ai_jobs.http.app.create_app()` (werkzeug, no Flask). The
+routes and handlers live in the package so `ai-jobs serve` from a wheel runs the same app.
 
 `api` is the same app as a functions-framework target:
 `functions-framework --target api --source functions/app.py`.
@@ -18,14 +18,15 @@ from typing import TYPE_CHECKING
 from ai_jobs.http.app import create_app
 
 if TYPE_CHECKING:
-    from flask import Request, Response
+    from werkzeug.wrappers import Request, Response
 
 app = create_app()
 
 
 def api(request: Request) -> Response:
-    """functions-framework target: hand the request's WSGI environ to `app` as is
-    (path, headers and body untouched), so routing and errors are the same."""
-    from flask import Response
+    """functions-framework target (it passes a flask.Request, a werkzeug Request):
+    hand the request's WSGI environ to `app` as is (path, headers and body
+    untouched), so routing and errors are the same."""
+    from werkzeug.wrappers import Response
 
-    return Response.from_app(app.wsgi_app, request.environ)
+    return Response.from_app(app, request.environ)

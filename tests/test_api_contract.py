@@ -1,8 +1,8 @@
 """The OpenAPI document is the contract: the server answers nothing it does not
 list, and lists nothing it cannot answer.
 
-(a) the Flask app's routes are exactly the document's operations;
-(b) a table of scenarios drives the real app (Flask test client, real
+(a) the app's routes are exactly the document's operations;
+(b) a table of scenarios drives the real app (werkzeug test client, real
     PostgreSQL; a database that is down for the 503s) through every status of
     every operation, and each response must be declared for its operation with
     the right content type, its required headers and a body that validates
@@ -21,15 +21,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from flask import Flask
-from flask.testing import FlaskClient
 from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
-from werkzeug.test import TestResponse
+from werkzeug.test import Client, TestResponse
 
 from ai_jobs.claude.spend import SpendSettings
-from ai_jobs.http.app import create_app
+from ai_jobs.http.app import App, create_app
 from ai_jobs.http.openapi import openapi_document
 from ai_jobs.http.services import Services
 from ai_jobs.models import JobError, NewJob
@@ -69,14 +67,14 @@ def _settings(**overrides: Any) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def live_app(database_url: str) -> Iterator[Flask]:
+def live_app(database_url: str) -> Iterator[App]:
     services = Services(settings=_settings(database_url=database_url), registry=load_job_modules())
     yield create_app(services)
     services.close()
 
 
 @pytest.fixture(scope="module")
-def down_app() -> Iterator[Flask]:
+def down_app() -> Iterator[App]:
     """The database is down (nothing listens on its port): a store call fails after db_timeout_seconds."""
     url = f"postgresql://postgres@127.0.0.1:{unused_port()}/postgres"
     services = Services(settings=_settings(database_url=url, db_timeout_seconds=0.3), registry=load_job_modules())
@@ -85,7 +83,7 @@ def down_app() -> Iterator[Flask]:
 
 
 @pytest.fixture(scope="module")
-def keys_down_app() -> Iterator[Flask]:
+def keys_down_app() -> Iterator[App]:
     """A Supabase project on asymmetric keys whose JWKS endpoint cannot be reached."""
     jwks = f"http://127.0.0.1:{unused_port()}/auth/v1/.well-known/jwks.json"
     services = Services(settings=_settings(jwt_secret=None, jwks_url=jwks, database_url="postgresql:///unused"),
@@ -99,7 +97,7 @@ def keys_down_app() -> Iterator[Flask]:
 
 @dataclass
 class World:
-    client: FlaskClient
+    client: Client
     store: JobStore
     alice: uuid.UUID
     bob: uuid.UUID
@@ -716,7 +714,7 @@ def assert_conforms(scenario: Scenario, response: TestResponse) -> None:
 # -- the tests -----------------------------------------------------------------
 
 
-def test_routes_are_exactly_the_documented_operations(live_app: Flask) -> None:
+def test_routes_are_exactly_the_documented_operations(live_app: App) -> None:
     routes = set()
     for rule in live_app.url_map.iter_rules():
         path = rule.rule.replace("<", "{").replace(">", "}")
@@ -733,9 +731,9 @@ def test_every_declared_status_has_a_scenario() -> None:
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.id)
 def test_scenario_answers_as_documented(scenario: Scenario, request: pytest.FixtureRequest, make_user) -> None:
-    app: Flask = request.getfixturevalue(f"{scenario.app}_app")
-    live: Flask = request.getfixturevalue("live_app")
-    world = World(app.test_client(), live.extensions["ai_jobs"].store, make_user(), make_user())
+    app: App = request.getfixturevalue(f"{scenario.app}_app")
+    live: App = request.getfixturevalue("live_app")
+    world = World(app.test_client(), live.services.store, make_user(), make_user())
     response = scenario.send(world)
     assert response.status_code == scenario.status, f"{scenario.id}: got {response.status_code} {response.data[:300]!r}"
     assert_conforms(scenario, response)

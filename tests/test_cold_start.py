@@ -16,14 +16,16 @@ from tests.conftest import JWT_SECRET, unused_port, user_token
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Flask and what only Flask loads: the app is werkzeug alone, at import and per request.
+FLASK_ONLY = ("flask", "jinja2", "click", "itsdangerous", "blinker")
 # Top-level packages that importing functions/app.py must not load.
 NOT_AT_IMPORT = ("anthropic", "supabase", "jwt", "cryptography", "httpx", "httpcore", "rich", "psycopg",
-                 "psycopg_pool", "jsonschema", "pgserver")
+                 "psycopg_pool", "jsonschema", "pgserver", *FLASK_ONLY)
 # ...nor these of ours: the worker, the sweep, the database drivers' adapters, the OpenAPI document.
 OURS_NOT_AT_IMPORT = ("ai_jobs.runner", "ai_jobs.sweep", "ai_jobs.dispatch", "ai_jobs.store.postgres",
                       "ai_jobs.store.supabase", "ai_jobs.claude.calls", "ai_jobs.http.openapi")
 # A create needs the driver and PyJWT; the hand-off needs no HTTP client library.
-NOT_AFTER_CREATE = ("anthropic", "supabase", "httpx", "httpcore", "rich", "jsonschema", "pgserver")
+NOT_AFTER_CREATE = ("anthropic", "supabase", "httpx", "httpcore", "rich", "jsonschema", "pgserver", *FLASK_ONLY)
 
 CHILD = r"""
 import json, os, sys
@@ -59,7 +61,18 @@ def test_importing_the_entrypoint_loads_no_driver_sdk_or_client() -> None:
     loaded = cold({"DATABASE_URL": f"postgresql://127.0.0.1:{unused_port()}/none", "SUPABASE_JWT_SECRET": JWT_SECRET})
     assert not tops(loaded["import"]) & set(NOT_AT_IMPORT)
     assert not set(loaded["import"]) & set(OURS_NOT_AT_IMPORT)
-    assert "flask" in tops(loaded["import"]) and "ai_jobs.http.app" in loaded["import"]  # it did import the app
+    assert "ai_jobs.http.app" in loaded["import"]  # it did import the app
+    assert "flask" not in tops(loaded["import"])  # werkzeug alone: Flask was ~0.4 s of a cold start
+
+
+def test_serving_requests_never_loads_flask_or_its_dependencies(database_url: str) -> None:
+    """The app is werkzeug only: neither importing it nor answering (a 200, a 404 and
+    a 405) loads Flask or what only Flask brings (jinja2, click, itsdangerous, blinker)."""
+    for method, path, status in (("GET", "/api/health", 200), ("GET", "/api/nope", 404), ("DELETE", "/api/health", 405)):
+        loaded = cold({"DATABASE_URL": database_url, "AI_JOBS_STORE": "postgres", "SUPABASE_JWT_SECRET": JWT_SECRET},
+                      {"method": method, "path": path, "headers": {}})
+        assert loaded["status"] == status
+        assert not tops(loaded["request"]) & set(FLASK_ONLY), sorted(tops(loaded["request"]) & set(FLASK_ONLY))
 
 
 def test_a_cold_create_loads_the_driver_and_jwt_but_no_http_client(database_url, make_user) -> None:

@@ -15,12 +15,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from flask import Flask
 from pydantic import BaseModel, Field
 
 from ai_jobs.context import JobContext
 from ai_jobs.errors import InvalidArgumentError
-from ai_jobs.http.app import create_app
+from ai_jobs.http.app import App, create_app
 from ai_jobs.http.operations import org_from_claims
 from ai_jobs.http.schemas import Job as ApiJob
 from ai_jobs.http.services import Services
@@ -378,13 +377,13 @@ def _api_settings(database_url: str) -> Settings:
 
 
 @pytest.fixture()
-def api(database_url: str) -> Iterator[Flask]:
+def api(database_url: str) -> Iterator[App]:
     services = Services(settings=_api_settings(database_url), registry=hold_registry(priority=10))
     yield create_app(services)
     services.close()
 
 
-def _create(app: Flask, user: uuid.UUID, claims: dict[str, Any] | None = None, **body: Any):
+def _create(app: App, user: uuid.UUID, claims: dict[str, Any] | None = None, **body: Any):
     body.setdefault("type", "test.hold")
     body.setdefault("input", {"seconds": 0})
     token = user_token(user, **(claims or {}))
@@ -392,7 +391,7 @@ def _create(app: Flask, user: uuid.UUID, claims: dict[str, Any] | None = None, *
                                   headers={"Authorization": f"Bearer {token}"})
 
 
-def test_api_priority_can_only_go_down(api: Flask, make_user, db: psycopg.Connection) -> None:
+def test_api_priority_can_only_go_down(api: App, make_user, db: psycopg.Connection) -> None:
     user = make_user()
     refused = _create(api, user, priority=1)
     assert refused.status_code == 422 and refused.mimetype == "application/problem+json"
@@ -410,7 +409,7 @@ def test_api_priority_can_only_go_down(api: Flask, make_user, db: psycopg.Connec
     "run_at",
     ["294276-01-01T00:00:00Z", "-infinity", "infinity", "year+1d", "2min-ago", "2026-01-01T00:00:00"],
 )
-def test_api_refuses_run_at_out_of_range(api: Flask, make_user, db: psycopg.Connection, run_at: str) -> None:
+def test_api_refuses_run_at_out_of_range(api: App, make_user, db: psycopg.Connection, run_at: str) -> None:
     now = datetime.now(UTC)
     value = {"year+1d": (now + timedelta(days=366)).isoformat(),
              "2min-ago": (now - timedelta(minutes=2)).isoformat()}.get(run_at, run_at)
@@ -424,7 +423,7 @@ def test_api_refuses_run_at_out_of_range(api: Flask, make_user, db: psycopg.Conn
     assert _create(api, user, run_at=(now + timedelta(days=364)).isoformat()).status_code == 202
 
 
-def test_api_concurrency_key_and_organization(api: Flask, make_user) -> None:
+def test_api_concurrency_key_and_organization(api: App, make_user) -> None:
     user = make_user()
     created = _create(api, user, {"app_metadata": {"org_id": "acme-42"}}, concurrency_key="decision:123")
     assert created.status_code == 202, created.data
@@ -458,7 +457,7 @@ def test_org_claim_path() -> None:
 # -- locked_by -------------------------------------------------------------------------------
 
 
-def test_owners_cannot_read_locked_by(database_url: str, pg_store: PostgresStore, make_user, api: Flask) -> None:
+def test_owners_cannot_read_locked_by(database_url: str, pg_store: PostgresStore, make_user, api: App) -> None:
     user = make_user()
     job = _limits(pg_store, user_id=user, user_limit=1)
     waiting = _limits(pg_store, user_id=user, user_limit=1)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask.testing import FlaskClient
+from werkzeug.test import Client
 
 from ai_jobs.http.app import create_app
 from ai_jobs.http.services import Services
@@ -67,7 +67,7 @@ def silent_port() -> Iterator[int]:
     listener.close()
 
 
-def _client(**store: Any) -> FlaskClient:
+def _client(**store: Any) -> Client:
     settings = Settings(jwt_secret=JWT_SECRET, worker_secret=WORKER_SECRET, cron_secret=CRON_SECRET, **store)
     return create_app(Services(settings=settings)).test_client()
 

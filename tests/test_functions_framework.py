@@ -37,7 +37,7 @@ def client(database_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Flask
     try:
         yield app.test_client()
     finally:
-        module.app.extensions["ai_jobs"].close()
+        module.app.services.close()
         sys.modules.pop("app", None)
 
 

@@ -25,12 +25,11 @@ import pytest
 import respx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from flask import Flask
-from flask.testing import FlaskClient
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
+from werkzeug.test import Client
 
 from ai_jobs.claude.client import reset_clients
-from ai_jobs.http.app import create_app
+from ai_jobs.http.app import App, create_app
 from ai_jobs.http.services import Services
 from ai_jobs.models import JobStatus, NewJob
 from ai_jobs.registry import InputValidationError, load_job_modules
@@ -53,7 +52,7 @@ def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
     return response.json
 
 
-def app_for(database_url: str, **settings: Any) -> tuple[Flask, Services]:
+def app_for(database_url: str, **settings: Any) -> tuple[App, Services]:
     base: dict[str, Any] = dict(store="postgres", database_url=database_url, jwt_secret=JWT_SECRET,
                                 worker_budget_seconds=1)
     services = Services(settings=Settings(**{**base, **settings}), registry=load_job_modules())
@@ -61,7 +60,7 @@ def app_for(database_url: str, **settings: Any) -> tuple[Flask, Services]:
 
 
 @pytest.fixture()
-def api(database_url: str) -> Iterator[FlaskClient]:
+def api(database_url: str) -> Iterator[Client]:
     app, services = app_for(database_url)
     yield app.test_client()
     services.close()
@@ -71,7 +70,7 @@ def bearer(user: uuid.UUID, **claims: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {user_token(user, **claims)}"}
 
 
-def create_countdown(client: FlaskClient, user: uuid.UUID) -> Any:
+def create_countdown(client: Client, user: uuid.UUID) -> Any:
     return client.post("/api/jobs", json={"type": "example.countdown", "input": QUICK}, headers=bearer(user))
 
 
@@ -153,7 +152,7 @@ def test_demo_types_are_not_served_in_production(database_url: str, pg_store: Jo
         services.close()
 
 
-def test_demo_types_with_the_setting_and_their_sleep_is_capped(api: FlaskClient,
+def test_demo_types_with_the_setting_and_their_sleep_is_capped(api: Client,
                                                                make_user: Callable[[], uuid.UUID],
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from ai_jobs import cli
@@ -218,7 +217,7 @@ def extract_input(schema: dict[str, Any]) -> dict[str, Any]:
     return {"text": "Ada Lovelace, 36", "schema": schema}
 
 
-def test_remote_ref_refused_at_create(api: FlaskClient, make_user: Callable[[], uuid.UUID],
+def test_remote_ref_refused_at_create(api: Client, make_user: Callable[[], uuid.UUID],
                                       schema_host: tuple[str, list[str]]) -> None:
     url, hits = schema_host
     alice, bob = make_user(), make_user()
@@ -435,7 +434,7 @@ def test_random_kids_do_not_storm_the_jwks_endpoint(database_url: str, jwks: Jwk
 # -- 7. Supabase anonymous users -------------------------------------------------------------------
 
 
-def test_anonymous_users_are_refused_unless_allowed(database_url: str, api: FlaskClient, pg_store: JobStore,
+def test_anonymous_users_are_refused_unless_allowed(database_url: str, api: Client, pg_store: JobStore,
                                                      make_user: Callable[[], uuid.UUID]) -> None:
     anon, bob = make_user(), make_user()
     for method, path in (("POST", "/api/jobs"), ("GET", "/api/jobs"), ("GET", f"/api/jobs/{uuid.uuid4()}")):

@@ -13,13 +13,12 @@ from typing import Any
 
 import psycopg
 import pytest
-from flask import Flask
 
 from ai_jobs.claude.client import reset_clients
 from ai_jobs.claude.pricing import usage_record
 from ai_jobs.claude.spend import SpendSettings
 from ai_jobs.errors import BudgetExceededError
-from ai_jobs.http.app import create_app
+from ai_jobs.http.app import App, create_app
 from ai_jobs.http.services import Services
 from ai_jobs.models import JobStatus, NewJob
 from ai_jobs.registry import load_job_modules
@@ -53,7 +52,7 @@ def _settings(database_url: str, **env: str) -> Settings:
 class Api:
     def __init__(self, database_url: str, **env: str) -> None:
         self.services = Services(settings=_settings(database_url, **env), registry=load_job_modules())
-        self.app: Flask = create_app(self.services)
+        self.app: App = create_app(self.services)
 
     def create(self, user: uuid.UUID, job_type: str, data: dict[str, Any], **body: Any) -> Any:
         return self.app.test_client().post(

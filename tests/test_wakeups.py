@@ -39,7 +39,7 @@ CRON_SECRET = "cron-s3cret-for-tests"
 
 
 def get_health(settings: Settings) -> tuple[int, dict[str, Any]]:
-    """GET /api/health from the real Flask app over the given store."""
+    """GET /api/health from the real app over the given store."""
     services = Services(settings=settings)
     try:
         response = create_app(services).test_client().get("/api/health")

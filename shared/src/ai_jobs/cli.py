@@ -61,7 +61,7 @@ def _stop_on_signals() -> threading.Event:
 
 
 def _load_app_factory() -> Any:
-    """The package's Flask app (the same one Vercel serves through functions/app.py)."""
+    """The package's WSGI app (the same one Vercel serves through functions/app.py)."""
     from ai_jobs.http.app import create_app
 
     return create_app

@@ -1,28 +1,41 @@
-"""The Flask app: every /api route, problem+json errors and (locally) public/.
+"""The WSGI app: every /api route, problem+json errors and (locally) public/.
 
 Vercel (`functions/app.py`), `ai-jobs dev`/`serve` and functions-framework all
-serve this one app, so the package runs alone from a wheel.
+serve this one app, so the package runs alone from a wheel. It is werkzeug
+(routing, request, response) and about a hundred lines of our own instead of
+Flask: Flask and what only it loads (jinja2, click, itsdangerous, blinker) were
+more than half of a cold start's imports, and the API used none of them.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
-from flask import Flask, Request, Response, request, send_from_directory
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
+from werkzeug.wrappers import Response
 
 from ai_jobs.errors import AiJobsError
 from ai_jobs.http import handlers, schedules, workflows
 from ai_jobs.http.cors import install_cors
-from ai_jobs.http.flask_io import problem_response
+from ai_jobs.http.io import ApiRequest, empty_response, problem_response
 from ai_jobs.http.problems import MAX_AUTHORIZATION_BYTES, MAX_HEADER_BYTES, Problem, problem_from_error
 from ai_jobs.http.services import Services
 from ai_jobs.resources import public_dir
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+    from werkzeug.test import Client
+
 log = logging.getLogger("ai_jobs.http")
 
-Handler = Callable[[Request], Response]
+Handler = Callable[[ApiRequest], Response]
+# Runs before routing's outcome is acted on; a response ends the request there.
+BeforeHook = Callable[[ApiRequest], Response | None]
+# Sees every response, errors included, and returns the one to send.
+AfterHook = Callable[[ApiRequest, Response], Response]
 
 ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/api/jobs", handlers.create_job),
@@ -47,15 +60,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
 ]
 
 
-def _view(handler: Handler) -> Callable[..., Response]:
-    def view(**_: str) -> Response:  # path parameters are read from request.view_args
-        return handler(request)
-
-    view.__name__ = f"{handler.__module__}.{handler.__name__}"
-    return view
-
-
-def _check_header_sizes() -> None:
+def check_header_sizes(request: ApiRequest) -> None:
     """431 problem+json for an oversized Authorization header or header block, before
     any token is parsed or body read."""
     authorization = request.headers.get("Authorization", "")
@@ -67,40 +72,106 @@ def _check_header_sizes() -> None:
         raise Problem(431, "header_too_large", f"the request headers are {total} bytes; the limit is {MAX_HEADER_BYTES}")
 
 
-def create_app(services: Services | None = None, *, serve_public: bool = False) -> Flask:
-    """One app per process; `services` defaults to Settings from the environment."""
-    app = Flask(__name__, static_folder=None)
-    services = services or Services()
-    app.extensions["ai_jobs"] = services
-    app.before_request(_check_header_sizes)  # first: before CORS and every route
-    install_cors(app, services.settings.cors_origins)
-    for method, path, handler in ROUTES:
-        app.add_url_rule(path, endpoint=f"{method} {path}", view_func=_view(handler), methods=[method])
+class App:
+    """A WSGI app (`app(environ, start_response)`): werkzeug routes each request to
+    a handler, which gets an `ApiRequest` carrying the services and path arguments.
 
-    @app.errorhandler(Problem)
-    def on_problem(problem: Problem) -> Response:
-        return problem_response(problem)
+    Per request: the route is matched; the before hooks run in order (the header
+    size check first, then the CORS preflight); then the handler, or the routing
+    error (404, 405 with Allow, a 308 to the merged-slashes path); every exception
+    becomes problem+json (Problem, then queue errors, then HTTP errors, then
+    anything else as a logged 500); the after hooks see every response. A GET
+    route also answers HEAD (no body), and every route answers OPTIONS with Allow."""
 
-    @app.errorhandler(AiJobsError)
-    def on_queue_error(exc: AiJobsError) -> Response:
-        return problem_response(problem_from_error(exc))
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.url_map = Map(strict_slashes=True, merge_slashes=True)
+        self.views: dict[str, Handler] = {}
+        self.before_request: list[BeforeHook] = []
+        self.after_request: list[AfterHook] = []
 
-    @app.errorhandler(HTTPException)
-    def on_http_error(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        return problem_response(Problem(status, (exc.name or "error").lower().replace(" ", "_"), exc.description or ""))
+    def add_route(self, path: str, methods: Iterable[str], handler: Handler, *, endpoint: str | None = None) -> None:
+        """Route `methods` on `path` (werkzeug rule syntax) to `handler`; GET adds HEAD."""
+        methods = {m.upper() for m in methods}
+        endpoint = endpoint or f"{'/'.join(sorted(methods))} {path}"
+        self.url_map.add(Rule(path, endpoint=endpoint, methods=[*methods, "OPTIONS"]))
+        self.views[endpoint] = handler
 
-    @app.errorhandler(Exception)
-    def on_unexpected(exc: Exception) -> Response:
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        request = ApiRequest(environ, self.services)
+        try:
+            response = self.respond(request)
+        except Exception:  # a hook or an error handler failed: still problem+json
+            log.exception("error while answering %s %s", request.method, request.path)
+            response = problem_response(Problem(500, "internal_error", "unexpected server error; it has been logged"))
+        return response(environ, start_response)
+
+    def respond(self, request: ApiRequest) -> Response:
+        adapter = self.url_map.bind_to_environ(request.environ)
+        try:
+            response = None
+            for hook in self.before_request:
+                response = hook(request)
+                if response is not None:
+                    break
+            if response is None:
+                response = self.dispatch(request, adapter)
+        except Exception as exc:  # noqa: BLE001 - every error becomes a response
+            response = self.handle_error(request, exc)
+        for after in reversed(self.after_request):
+            response = after(request, response)
+        return response
+
+    def dispatch(self, request: ApiRequest, adapter: MapAdapter) -> Response:
+        rule, args = adapter.match(return_rule=True)  # raises 404, 405 or a redirect
+        request.view_args = args
+        if request.method == "OPTIONS":
+            response = empty_response(200)
+            response.allow.update(adapter.allowed_methods())
+            return response
+        return self.views[rule.endpoint](request)
+
+    def handle_error(self, request: ApiRequest, exc: Exception) -> Response:
+        if isinstance(exc, RequestRedirect):  # e.g. /api//jobs -> /api/jobs, as werkzeug answers it
+            return exc.get_response(request.environ)  # type: ignore[return-value]
+        if isinstance(exc, Problem):
+            return problem_response(exc)
+        if isinstance(exc, AiJobsError):
+            return problem_response(problem_from_error(exc))
+        if isinstance(exc, HTTPException):
+            status = exc.code or 500
+            headers = {"Allow": ", ".join(exc.valid_methods)} if isinstance(exc, MethodNotAllowed) and exc.valid_methods else None
+            return problem_response(Problem(status, (exc.name or "error").lower().replace(" ", "_"), exc.description or "",
+                                            headers=headers))
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem_response(Problem(500, "internal_error", "unexpected server error; it has been logged"))
+
+    def test_client(self) -> Client:
+        """werkzeug's test client on this app (tests and scripts; never on a request path)."""
+        from werkzeug.test import Client
+
+        return Client(self)
+
+
+def create_app(services: Services | None = None, *, serve_public: bool = False) -> App:
+    """One app per process; `services` defaults to Settings from the environment."""
+    services = services or Services()
+    app = App(services)
+
+    app.before_request.append(check_header_sizes)  # first: before CORS and every route
+    install_cors(app, services.settings.cors_origins)
+    for method, path, handler in ROUTES:
+        app.add_route(path, [method], handler, endpoint=f"{method} {path}")
 
     if serve_public:  # on Vercel, public/ is served by the platform
         folder = public_dir()
 
-        @app.get("/")
-        @app.get("/<path:filename>")
-        def public_file(filename: str = "index.html") -> Response:
-            return send_from_directory(folder, filename)
+        def public_file(request: ApiRequest) -> Response:
+            from werkzeug.utils import send_from_directory
+
+            return send_from_directory(folder, request.view_args.get("filename", "index.html"), request.environ)
+
+        app.add_route("/", ["GET"], public_file, endpoint="public index")
+        app.add_route("/<path:filename>", ["GET"], public_file, endpoint="public file")
 
     return app

@@ -6,11 +6,15 @@ credentials mode. /api/internal/* is never exposed: it is called server to serve
 from __future__ import annotations
 
 from collections.abc import Collection
+from typing import TYPE_CHECKING
 
-from flask import Flask, Response, request
+from werkzeug.wrappers import Response
 
-from ai_jobs.http.flask_io import problem_response
+from ai_jobs.http.io import ApiRequest, empty_response, problem_response
 from ai_jobs.http.problems import Problem
+
+if TYPE_CHECKING:
+    from ai_jobs.http.app import App
 
 ALLOW_METHODS = "GET, POST, DELETE"
 ALLOW_HEADERS = "Authorization, Content-Type, Idempotency-Key"
@@ -24,7 +28,7 @@ def is_public_api(path: str) -> bool:
     return path.startswith("/api/") and not (path == "/api/internal" or path.startswith("/api/internal/"))
 
 
-def install_cors(app: Flask, origins: Collection[str]) -> None:
+def install_cors(app: App, origins: Collection[str]) -> None:
     """Answer preflights and label responses; with no origins, only the 403 for
     preflights remains (same-origin pages never send one)."""
     any_origin = "*" in origins
@@ -32,7 +36,7 @@ def install_cors(app: Flask, origins: Collection[str]) -> None:
     def allowed(origin: str) -> bool:
         return any_origin or origin in origins
 
-    def is_preflight() -> bool:
+    def is_preflight(request: ApiRequest) -> bool:
         return (
             request.method == "OPTIONS"
             and "Origin" in request.headers
@@ -40,10 +44,9 @@ def install_cors(app: Flask, origins: Collection[str]) -> None:
             and is_public_api(request.path)
         )
 
-    @app.before_request
-    def preflight() -> Response | None:
-        if not is_preflight():
-            return None  # other OPTIONS requests get Flask's own answer
+    def preflight(request: ApiRequest) -> Response | None:
+        if not is_preflight(request):
+            return None  # other OPTIONS requests get the app's own answer (Allow)
         origin = request.headers["Origin"]
         if not allowed(origin):
             response = problem_response(Problem(
@@ -52,7 +55,7 @@ def install_cors(app: Flask, origins: Collection[str]) -> None:
             ))
             response.vary.add("Origin")
             return response
-        response = Response(status=204)
+        response = empty_response(204)
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
         response.headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS
@@ -60,9 +63,8 @@ def install_cors(app: Flask, origins: Collection[str]) -> None:
         response.vary.add("Origin")
         return response
 
-    @app.after_request
-    def label(response: Response) -> Response:
-        if not origins or not is_public_api(request.path) or is_preflight():
+    def label(request: ApiRequest, response: Response) -> Response:
+        if not origins or not is_public_api(request.path) or is_preflight(request):
             return response
         response.vary.add("Origin")  # the answer depends on Origin: caches must key on it
         origin = request.headers.get("Origin")
@@ -70,3 +72,6 @@ def install_cors(app: Flask, origins: Collection[str]) -> None:
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
         return response
+
+    app.before_request.append(preflight)
+    app.after_request.append(label)

@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from flask import Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from werkzeug.wrappers import Response
 
 from ai_jobs.errors import ActiveJobLimitError, InvalidArgumentError, JobNotFoundError
-from ai_jobs.http.flask_io import json_response, read_json, read_query, services
+from ai_jobs.http.io import ApiRequest, json_response, read_json, read_query
 from ai_jobs.http.problems import Problem
 from ai_jobs.models import JobCursor
 from ai_jobs.schedules import InvalidScheduleError, Schedule, check_schedule, next_tick
@@ -85,8 +85,8 @@ class ListSchedulesQuery(BaseModel):
         return cursor
 
 
-def _schedule_id(request: Request) -> UUID:
-    raw = (request.view_args or {}).get("schedule_id", "")
+def _schedule_id(request: ApiRequest) -> UUID:
+    raw = request.view_args.get("schedule_id", "")
     try:
         return UUID(str(raw))
     except ValueError:
@@ -97,11 +97,11 @@ def _not_found() -> Problem:
     return Problem(404, "schedule_not_found", "schedule not found")
 
 
-def create_schedule(request: Request) -> Response:
+def create_schedule(request: ApiRequest) -> Response:
     """POST /api/schedules"""
     from ai_jobs.service import build_job
 
-    svc = services()
+    svc = request.services
     who = svc.authenticate(request.headers.get("Authorization"))
     body = read_json(request, CreateScheduleRequest, max_bytes=svc.settings.max_body_bytes,
                      max_depth=svc.settings.max_input_depth)
@@ -125,19 +125,19 @@ def create_schedule(request: Request) -> Response:
     return json_response(PublicSchedule.of(schedule), 201)
 
 
-def list_schedules(request: Request) -> Response:
+def list_schedules(request: ApiRequest) -> Response:
     """GET /api/schedules?limit=&cursor="""
-    svc = services()
+    svc = request.services
     who = svc.authenticate(request.headers.get("Authorization"))
     query = read_query(request, ListSchedulesQuery)
     schedules, cursor = svc.store.list_schedules(user_id=who.user_id, limit=query.limit, cursor=query.cursor)
     return json_response(ScheduleList(schedules=[PublicSchedule.of(s) for s in schedules], next_cursor=cursor))
 
 
-def _set_paused(request: Request, paused: bool) -> Response:
+def _set_paused(request: ApiRequest, paused: bool) -> Response:
     """Pause, or resume from the next tick after now (ticks missed while paused never fire).
     Both are idempotent: resuming an active schedule leaves its next tick as it is."""
-    svc = services()
+    svc = request.services
     who = svc.authenticate(request.headers.get("Authorization"))
     schedule_id = _schedule_id(request)
     try:
@@ -155,19 +155,19 @@ def _set_paused(request: Request, paused: bool) -> Response:
     return json_response(PublicSchedule.of(schedule))
 
 
-def pause_schedule(request: Request) -> Response:
+def pause_schedule(request: ApiRequest) -> Response:
     """POST /api/schedules/{schedule_id}/pause"""
     return _set_paused(request, True)
 
 
-def resume_schedule(request: Request) -> Response:
+def resume_schedule(request: ApiRequest) -> Response:
     """POST /api/schedules/{schedule_id}/resume"""
     return _set_paused(request, False)
 
 
-def delete_schedule(request: Request) -> Response:
+def delete_schedule(request: ApiRequest) -> Response:
     """DELETE /api/schedules/{schedule_id}"""
-    svc = services()
+    svc = request.services
     who = svc.authenticate(request.headers.get("Authorization"))
     schedule_id = _schedule_id(request)
     try:

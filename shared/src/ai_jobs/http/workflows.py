@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from werkzeug.wrappers import Response
 
 from ai_jobs.errors import InvalidArgumentError
-from ai_jobs.http.flask_io import job_id_arg, json_response, read_query, services
+from ai_jobs.http.io import ApiRequest, job_id_arg, json_response, read_query
 from ai_jobs.http.schemas import Job, JobList
 from ai_jobs.models import JobCursor
 
@@ -34,16 +34,16 @@ class ChildrenQuery(BaseModel):
         return cursor
 
 
-def pause_job(request: Request) -> Response:
+def pause_job(request: ApiRequest) -> Response:
     """POST /api/jobs/{job_id}/pause"""
-    svc = services()
+    svc = request.services
     who = svc.authenticate(request.headers.get("Authorization"))
     return json_response(Job.of(svc.store.pause(job_id_arg(request), user_id=who.user_id)))
 
 
-def resume_job(request: Request) -> Response:
+def resume_job(request: ApiRequest) -> Response:
     """POST /api/jobs/{job_id}/resume: pending again, handed to a worker."""
-    svc = services()
+    svc = request.services
     who = svc.authenticate(request.headers.get("Authorization"))
     job = svc.store.resume(job_id_arg(request), user_id=who.user_id)
     if job.status == "pending":
@@ -51,9 +51,9 @@ def resume_job(request: Request) -> Response:
     return json_response(Job.of(job))
 
 
-def list_children(request: Request) -> Response:
+def list_children(request: ApiRequest) -> Response:
     """GET /api/jobs/{job_id}/children?limit=&cursor="""
-    svc = services()
+    svc = request.services
     who = svc.authenticate(request.headers.get("Authorization"))
     job_id = job_id_arg(request)
     query = read_query(request, ChildrenQuery)

@@ -4,7 +4,7 @@
   and a PostgREST-shaped read, speaking what supabase-js 2.119.1 speaks.
 - :mod:`ai_jobs.localstack.feed`: the dev-only trigger + NOTIFY change feed it
   reads (installed by `ai-jobs dev` on its own database, never a migration).
-- Below: what the dev server adds to the Flask app: ``/config.js`` pointing the
+- Below: what the dev server adds to the HTTP app: ``/config.js`` pointing the
   demo console at the edge (token auth, Realtime) and ``/vendor/supabase.js``
   served from the checkout's ``public/node_modules`` (no CDN, works offline).
 
@@ -17,11 +17,15 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
 
 from ai_jobs.resources import public_dir
+
+if TYPE_CHECKING:
+    from ai_jobs.http.app import App
+    from ai_jobs.http.io import ApiRequest
 
 SUPABASE_JS = Path("node_modules") / "@supabase" / "supabase-js" / "dist" / "umd" / "supabase.js"
 MISSING_SUPABASE_JS = (
@@ -70,20 +74,21 @@ def config_js(config: dict[str, Any]) -> str:
             f"window.AI_JOBS_CONFIG = {json.dumps(config, indent=2)};\n")
 
 
-def install_dev_routes(app: Any, config: dict[str, Any]) -> None:
-    """Add /config.js and /vendor/supabase.js to the Flask app (before public/'s catch-all)."""
-    from flask import Response, send_file
+def install_dev_routes(app: App, config: dict[str, Any]) -> None:
+    """Add /config.js and /vendor/supabase.js to the app (werkzeug routes them ahead of public/'s catch-all)."""
+    from werkzeug.utils import send_file
+    from werkzeug.wrappers import Response
 
     body = config_js(config)
 
-    def dev_config_js() -> Response:
+    def dev_config_js(request: ApiRequest) -> Response:
         return Response(body, mimetype="text/javascript", headers={"Cache-Control": "no-store"})
 
-    def vendor_supabase_js() -> Response:
+    def vendor_supabase_js(request: ApiRequest) -> Response:
         path = supabase_js_path()
         if path is None:
             return Response(f"// {MISSING_SUPABASE_JS}\n", status=404, mimetype="text/javascript")
-        return send_file(path, mimetype="text/javascript", max_age=0)
+        return send_file(path, request.environ, mimetype="text/javascript", max_age=0)
 
-    app.add_url_rule("/config.js", endpoint="dev config.js", view_func=dev_config_js, methods=["GET"])
-    app.add_url_rule("/vendor/supabase.js", endpoint="dev supabase.js", view_func=vendor_supabase_js, methods=["GET"])
+    app.add_route("/config.js", ["GET"], dev_config_js, endpoint="dev config.js")
+    app.add_route("/vendor/supabase.js", ["GET"], vendor_supabase_js, endpoint="dev supabase.js")

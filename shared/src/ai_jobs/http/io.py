@@ -1,32 +1,49 @@
-"""Parsing and responding for the Flask handlers: strict JSON bodies with size,
-depth and type limits, query strings through pydantic, problem+json errors."""
+"""Request and response for the handlers: the request they are given (services and
+path arguments on it, no globals), strict JSON bodies with size, depth and type
+limits, query strings through pydantic, problem+json errors. werkzeug only: Flask
+cost a cold start ~0.4 s of imports it did not need."""
 
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
-from flask import Request, Response, current_app
 from pydantic import BaseModel, ValidationError
+from werkzeug.wrappers import Request, Response
 
 from ai_jobs.http.problems import PROBLEM_JSON, Problem, field_errors
-from ai_jobs.http.services import Services
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+    from ai_jobs.http.services import Services
 
 M = TypeVar("M", bound=BaseModel)
 
 
-def services() -> Services:
-    return current_app.extensions["ai_jobs"]
+class ApiRequest(Request):
+    """A werkzeug request that carries what a handler needs: the process's services
+    and the route's path arguments, passed in by the app rather than read from globals."""
+
+    def __init__(self, environ: WSGIEnvironment, services: Services) -> None:
+        super().__init__(environ)
+        self.services = services
+        self.view_args: dict[str, Any] = {}
+
+
+def empty_response(status: int, headers: Mapping[str, str] | None = None) -> Response:
+    """No body, so no Content-Type either (204s, the automatic OPTIONS answer)."""
+    response = Response(status=status, headers=dict(headers or {}))
+    del response.headers["Content-Type"]
+    return response
 
 
 def json_response(body: BaseModel | Mapping[str, Any] | None, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    if body is None:  # 204: no body, so no Content-Type either
-        response = Response(status=status, headers=dict(headers or {}))
-        del response.headers["Content-Type"]
-        return response
+    if body is None:  # 204
+        return empty_response(status, headers)
     text = body.model_dump_json() if isinstance(body, BaseModel) else json.dumps(body)
     return Response(text, status=status, mimetype="application/json", headers=dict(headers or {}))
 
@@ -132,8 +149,8 @@ def read_query(request: Request, model: type[M]) -> M:
         raise Problem(400, "invalid_query", "query parameters failed validation", errors=errors) from None
 
 
-def job_id_arg(request: Request) -> UUID:
-    raw = (request.view_args or {}).get("job_id", "")
+def job_id_arg(request: ApiRequest) -> UUID:
+    raw = request.view_args.get("job_id", "")
     try:
         return UUID(str(raw))
     except ValueError:
