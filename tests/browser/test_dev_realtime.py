@@ -179,7 +179,9 @@ def test_sign_in_survives_reload_and_new_tab_and_switch_user(browser, stack: Loc
         tab.fill("#token", mint_token(secret, other, email="other@example.com", ttl_seconds=-60))
         tab.click("#token-form button[type=submit]")
         tab.wait_for_selector("#token-form:not([hidden])")
-        assert "expired" in tab.inner_text("#auth-status")
+        # the form was already showing: wait for the submit's verdict, not for the form
+        tab.wait_for_function("() => document.querySelector('#auth-status').textContent.includes('expired')",
+                              timeout=10_000)
         screenshot(tab, "dev-token-expired")
     finally:
         context.close()

@@ -86,6 +86,10 @@ LISTEN = """async ([topic, token, isPrivate]) => {
   ch.on('broadcast', {event: '*'}, (m) => out.messages.push(m.payload))
     .subscribe((status) => out.statuses.push(status));
   out.send = async (payload) => {
+    // over the socket, as a joined channel sends (realtime-js falls back to REST while it
+    // cannot push, and the REST endpoint answers 202 even for a message it drops)
+    const joinedBy = Date.now() + 5000;
+    while (ch.state !== 'joined' && Date.now() < joinedBy) await new Promise((r) => setTimeout(r, 50));
     const viaSocket = await ch.send({type: 'broadcast', event: 'output', payload});
     const viaRest = await ch.httpSend('output', payload).then((r) => r, (e) => ({error: String(e)}));
     return {viaSocket, viaRest};
