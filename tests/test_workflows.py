@@ -273,6 +273,18 @@ def test_cancel_reaches_every_unfinished_descendant(pg_store: PostgresStore, db,
     assert set(statuses(db, root).values()) == {"cancelled"}
 
 
+def test_cli_cancel_reaches_the_tree_as_the_api_does(pg_store: PostgresStore, db, make_user, registry,
+                                                     database_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from ai_jobs.cli import main
+
+    root = three_levels(pg_store, registry, make_user())
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    assert main(["cancel", str(root)]) == 0
+    assert f"{root} cancelled" in capsys.readouterr().out
+    assert set(statuses(db, root).values()) == {"cancelled"}
+
+
 def test_retry_reruns_only_failed_children(pg_store: PostgresStore, db, make_user, registry, tmp_path) -> None:
     fixed = tmp_path / "fixed"
     root = create(pg_store, registry, make_user(), "test.wf_parent",

@@ -617,7 +617,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     from ai_jobs.store import open_store
 
     with open_store(_local(settings)) as store:
-        job = store.request_cancel(uuid.UUID(args.job_id))
+        job = store.request_cancel_tree(uuid.UUID(args.job_id))  # children too, as the API does
     print(f"{job.id} {job.status.value}{' (cancel requested)' if job.status.value == 'running' else ''}")
     return 0
 

@@ -196,7 +196,7 @@ class WakeupRun(BaseModel):
 
 
 class WakeupStatus(BaseModel):
-    """Who starts delayed and retried jobs on time (ai_jobs_wakeup_status_v1)."""
+    """Who starts delayed and retried jobs on time (ai_jobs_wakeup_status_v2)."""
 
     mode: Literal["pg_cron", "none"] = Field(
         description="pg_cron: Supabase Cron wakes the app while work is due; none: no database wake-up"

@@ -140,10 +140,6 @@ def child_spec(
     return spec
 
 
-def workflow_settings() -> WorkflowSettings:
-    return _settings_from_env().workflows
-
-
 HANDOFF_MAX = 10  # hand-off requests per spawn; each invocation drains more than one child
 
 
