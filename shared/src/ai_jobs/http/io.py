@@ -149,9 +149,14 @@ def read_query(request: Request, model: type[M]) -> M:
         raise Problem(400, "invalid_query", "query parameters failed validation", errors=errors) from None
 
 
-def job_id_arg(request: ApiRequest) -> UUID:
-    raw = request.view_args.get("job_id", "")
+def uuid_arg(request: ApiRequest, name: str, what: str) -> UUID:
+    """A UUID path parameter, or 400 invalid_<name> naming what was given."""
+    raw = request.view_args.get(name, "")
     try:
         return UUID(str(raw))
     except ValueError:
-        raise Problem(400, "invalid_job_id", f"job id must be a UUID, got {str(raw)[:60]!r}") from None
+        raise Problem(400, f"invalid_{name}", f"{what} must be a UUID, got {str(raw)[:60]!r}") from None
+
+
+def job_id_arg(request: ApiRequest) -> UUID:
+    return uuid_arg(request, "job_id", "job id")

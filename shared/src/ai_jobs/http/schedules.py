@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from werkzeug.wrappers import Response
 
-from ai_jobs.errors import ActiveJobLimitError, InvalidArgumentError, JobNotFoundError
-from ai_jobs.http.io import ApiRequest, json_response, read_json, read_query
+from ai_jobs.errors import ActiveJobLimitError, JobNotFoundError
+from ai_jobs.http.io import ApiRequest, json_response, read_json, read_query, uuid_arg
 from ai_jobs.http.problems import Problem
-from ai_jobs.models import JobCursor
+from ai_jobs.http.schemas import PageQuery
 from ai_jobs.schedules import InvalidScheduleError, Schedule, check_schedule, next_tick
 
 
@@ -68,29 +68,8 @@ class ScheduleList(BaseModel):
     next_cursor: str | None = Field(default=None, description="pass as ?cursor= for the next page")
 
 
-class ListSchedulesQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    limit: int = Field(default=20, ge=1, le=100)
-    cursor: str | None = Field(default=None, max_length=500)
-
-    @field_validator("cursor")
-    @classmethod
-    def _cursor_decodes(cls, cursor: str | None) -> str | None:
-        if cursor is not None:
-            try:
-                JobCursor.decode(cursor)
-            except InvalidArgumentError:
-                raise ValueError("not a cursor returned by this API (use next_cursor as given)") from None
-        return cursor
-
-
 def _schedule_id(request: ApiRequest) -> UUID:
-    raw = request.view_args.get("schedule_id", "")
-    try:
-        return UUID(str(raw))
-    except ValueError:
-        raise Problem(400, "invalid_schedule_id", f"schedule id must be a UUID, got {str(raw)[:60]!r}") from None
+    return uuid_arg(request, "schedule_id", "schedule id")
 
 
 def _not_found() -> Problem:
@@ -129,7 +108,7 @@ def list_schedules(request: ApiRequest) -> Response:
     """GET /api/schedules?limit=&cursor="""
     svc = request.services
     who = svc.authenticate(request.headers.get("Authorization"))
-    query = read_query(request, ListSchedulesQuery)
+    query = read_query(request, PageQuery)
     schedules, cursor = svc.store.list_schedules(user_id=who.user_id, limit=query.limit, cursor=query.cursor)
     return json_response(ScheduleList(schedules=[PublicSchedule.of(s) for s in schedules], next_cursor=cursor))
 

@@ -145,11 +145,12 @@ class Job(BaseModel):
         return cls.model_construct(**{name: getattr(job, name) for name in cls.model_fields})
 
 
-class ListJobsQuery(BaseModel):
+class PageQuery(BaseModel):
+    """?limit=&cursor= of every paginated list (jobs, a job's children, schedules):
+    keyset cursors as next_cursor gave them, checked before any query runs."""
+
     model_config = ConfigDict(extra="forbid")
 
-    status: JobStatus | None = None
-    type: str | None = Field(default=None, pattern=JOB_TYPE_PATTERN, max_length=100)
     limit: int = Field(default=20, ge=1, le=100)
     cursor: str | None = Field(default=None, max_length=500)
 
@@ -162,6 +163,11 @@ class ListJobsQuery(BaseModel):
             except InvalidArgumentError:
                 raise ValueError("not a cursor returned by this API (use next_cursor as given)") from None
         return cursor
+
+
+class ListJobsQuery(PageQuery):
+    status: JobStatus | None = None
+    type: str | None = Field(default=None, pattern=JOB_TYPE_PATTERN, max_length=100)
 
 
 class JobList(BaseModel):

@@ -8,30 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from werkzeug.wrappers import Response
 
-from ai_jobs.errors import InvalidArgumentError
 from ai_jobs.http.io import ApiRequest, job_id_arg, json_response, read_query
-from ai_jobs.http.schemas import Job, JobList
-from ai_jobs.models import JobCursor
-
-
-class ChildrenQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    limit: int = Field(default=20, ge=1, le=100)
-    cursor: str | None = Field(default=None, max_length=500)
-
-    @field_validator("cursor")
-    @classmethod
-    def _cursor_decodes(cls, cursor: str | None) -> str | None:
-        if cursor is not None:
-            try:
-                JobCursor.decode(cursor)
-            except InvalidArgumentError:
-                raise ValueError("not a cursor returned by this API (use next_cursor as given)") from None
-        return cursor
+from ai_jobs.http.schemas import Job, JobList, PageQuery
 
 
 def pause_job(request: ApiRequest) -> Response:
@@ -56,7 +36,7 @@ def list_children(request: ApiRequest) -> Response:
     svc = request.services
     who = svc.authenticate(request.headers.get("Authorization"))
     job_id = job_id_arg(request)
-    query = read_query(request, ChildrenQuery)
+    query = read_query(request, PageQuery)
     page = svc.store.children(job_id, user_id=who.user_id, limit=query.limit, cursor=query.cursor)
     return json_response(JobList(jobs=[Job.of(job) for job in page.jobs], next_cursor=page.next_cursor))
 
