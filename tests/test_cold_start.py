@@ -21,9 +21,11 @@ FLASK_ONLY = ("flask", "jinja2", "click", "itsdangerous", "blinker")
 # Top-level packages that importing functions/app.py must not load.
 NOT_AT_IMPORT = ("anthropic", "supabase", "jwt", "cryptography", "httpx", "httpcore", "rich", "psycopg",
                  "psycopg_pool", "jsonschema", "pgserver", *FLASK_ONLY)
-# ...nor these of ours: the worker, the sweep, the database drivers' adapters, the OpenAPI document.
+# ...nor these of ours: the worker, the sweep, the database drivers' adapters, the OpenAPI
+# document, the job types' modules (a create or a worker loads them; a health check never).
+JOB_MODULES = ("ai_jobs.jobs.ai", "ai_jobs.jobs.countdown", "ai_jobs.jobs.fan_out", "ai_jobs.jobs.map_fan_out")
 OURS_NOT_AT_IMPORT = ("ai_jobs.runner", "ai_jobs.sweep", "ai_jobs.dispatch", "ai_jobs.store.postgres",
-                      "ai_jobs.store.supabase", "ai_jobs.claude.calls", "ai_jobs.http.openapi")
+                      "ai_jobs.store.supabase", "ai_jobs.claude.calls", "ai_jobs.http.openapi", *JOB_MODULES)
 # A create needs the driver and PyJWT; the hand-off needs no HTTP client library.
 NOT_AFTER_CREATE = ("anthropic", "supabase", "httpx", "httpcore", "rich", "jsonschema", "pgserver", *FLASK_ONLY)
 
@@ -73,6 +75,7 @@ def test_serving_requests_never_loads_flask_or_its_dependencies(database_url: st
                       {"method": method, "path": path, "headers": {}})
         assert loaded["status"] == status
         assert not tops(loaded["request"]) & set(FLASK_ONLY), sorted(tops(loaded["request"]) & set(FLASK_ONLY))
+        assert not set(loaded["request"]) & set(JOB_MODULES)  # no request here needs a job type
 
 
 def test_a_cold_create_loads_the_driver_and_jwt_but_no_http_client(database_url, make_user) -> None:
@@ -88,4 +91,5 @@ def test_a_cold_create_loads_the_driver_and_jwt_but_no_http_client(database_url,
     assert loaded["status"] == 202
     assert {"psycopg", "jwt"} <= tops(loaded["request"])
     assert "ai_jobs.dispatch" in loaded["request"]  # the hand-off was attempted
+    assert "ai_jobs.jobs.ai" in loaded["request"]  # the job types load on the first create
     assert not tops(loaded["request"]) & set(NOT_AFTER_CREATE)

@@ -1,14 +1,14 @@
 """Everything a request handler needs, built once per process from Settings.
 
-The store, token verifier and dispatcher are created on first use, so
-importing the app (a Vercel cold start) opens no connection; their modules
-(psycopg, PyJWT, the dispatcher) and the runner's are imported then too, so a
-request loads only what it uses."""
+The store, token verifier, dispatcher and job registry are created on first use,
+so importing the app (a Vercel cold start) opens no connection; their modules
+(psycopg, PyJWT, the dispatcher, the job types' modules) and the runner's are
+imported then too, so a request loads only what it uses: a health check or a
+listing never imports a job module."""
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -22,12 +22,24 @@ if TYPE_CHECKING:
     from ai_jobs.store.base import JobStore
 
 
-@dataclass
 class Services:
-    settings: Settings = field(default_factory=Settings.from_env)
-    registry: JobRegistry = field(default_factory=load_job_modules)
-    _store: JobStore | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    """Per-process services; `settings` defaults to the environment, `registry` to the
+    built-in job types plus AI_JOBS_JOB_MODULES (loaded when a request first needs it)."""
+
+    def __init__(self, settings: Settings | None = None, registry: JobRegistry | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self._registry: JobRegistry | None = registry
+        self._store: JobStore | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def registry(self) -> JobRegistry:
+        """The job types (built-in and AI_JOBS_JOB_MODULES), imported on first use."""
+        if self._registry is None:
+            with self._lock:
+                if self._registry is None:
+                    self._registry = load_job_modules()
+        return self._registry
 
     @property
     def store(self) -> JobStore:
