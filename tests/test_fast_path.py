@@ -50,8 +50,8 @@ def test_each_batch_is_written_by_the_next_claim(pg_store: PostgresStore, make_u
     outcomes = Runner(store, registry).run_available(batch=5)
     assert [o.kind for o in outcomes] == ["completed"] * 12
     assert store.calls["ai_jobs_claim_v2"] == 1
-    assert store.calls["ai_jobs_complete_claim_v1"] == 3
-    assert store.calls["ai_jobs_complete_many_v1"] == 0 and store.calls["ai_jobs_complete_v1"] == 0
+    assert store.calls["ai_jobs_complete_claim_v2"] == 3
+    assert store.calls["ai_jobs_complete_many_v2"] == 0 and store.calls["ai_jobs_complete_v1"] == 0
     jobs = pg_store.list(user_id=user, limit=50).jobs
     assert {j.status for j in jobs} == {JobStatus.COMPLETED} and all(j.attempts == 1 for j in jobs)
     assert all(j.result == {"n": 1} for j in jobs)
@@ -70,7 +70,7 @@ def test_completions_are_flushed_when_the_drain_stops(pg_store: PostgresStore, m
         pg_store.enqueue(NewJob(user_id=user, job_type="test.fast"))
     store = CountingStore(pg_store)
     outcomes = Runner(store, registry).run_available(batch=4, max_jobs=4)
-    assert len(outcomes) == 4 and store.calls["ai_jobs_complete_many_v1"] == 1
+    assert len(outcomes) == 4 and store.calls["ai_jobs_complete_many_v2"] == 1
     statuses = [j.status for j in pg_store.list(user_id=user, limit=50).jobs]
     assert statuses.count(JobStatus.COMPLETED) == 4 and statuses.count(JobStatus.PENDING) == 4
 

@@ -356,7 +356,7 @@ def test_batched_completions_one_write_and_lost_leases_not_completed(pg_store: P
     store = CountingStore(pg_store)
     outcomes = Runner(store, registry).run_available(batch=5)
     # one write for the batch's completions: alone, or with the next claim (fast path)
-    assert store.calls["ai_jobs_complete_many_v1"] + store.calls["ai_jobs_complete_claim_v1"] == 1
+    assert store.calls["ai_jobs_complete_many_v2"] + store.calls["ai_jobs_complete_claim_v2"] == 1
     assert store.calls["ai_jobs_complete_v1"] == 0
     kinds = {o.job_id: o.kind for o in outcomes}
     assert len(stolen) == 1 and kinds[stolen[0]] == "lost"

@@ -468,6 +468,23 @@ def test_complete_many_completes_only_what_the_worker_holds(store: JobStore, mak
         store.call(COMPLETE_MANY, {"p_worker": "w1", "p_results": Json({"id": "not an array"})})
 
 
+def test_a_completion_without_usage_keeps_the_usage_recorded_while_running(store: JobStore, make_user) -> None:
+    """The fast path sends no usage for a job that recorded none at completion (a no-op
+    or a job whose steps recorded it already): the row's usage stays exactly as the
+    run left it, on both completion paths, and usage that is sent is still added."""
+    user = make_user()
+    jobs = [enqueue(store, user).job for _ in range(3)]
+    store.claim("w1", limit=3)
+    for job in jobs:
+        store.checkpoint(job.id, "w1", "call", {"ok": True}, usage={"input_tokens": 10, "cost_usd": 0.5})
+    assert store.complete_many("w1", [(jobs[0].id, {"n": 0}, None)]) == {jobs[0].id}
+    done, _ = store.complete_and_claim("w1", [(jobs[1].id, {"n": 1}, None), (jobs[2].id, {"n": 2}, {"output_tokens": 4})])
+    assert done == {jobs[1].id, jobs[2].id}
+    assert store.get(jobs[0].id).usage == {"input_tokens": 10, "cost_usd": 0.5}
+    assert store.get(jobs[1].id).usage == {"input_tokens": 10, "cost_usd": 0.5}
+    assert store.get(jobs[2].id).usage == {"input_tokens": 10, "cost_usd": 0.5, "output_tokens": 4}
+
+
 def test_complete_and_claim_writes_batch_n_and_leases_batch_n_plus_1(store: JobStore, make_user) -> None:
     """The fused statement is complete_many then claim: only held jobs are completed,
     the claim spends one attempt per job and leases it, and a job whose slot the
