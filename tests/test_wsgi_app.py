@@ -122,3 +122,19 @@ def test_public_files_with_their_types_and_404s() -> None:
         assert r.status_code == 404 and problem(r)["code"] == "not_found", path
     r = c.post("/index.html")
     assert r.status_code == 405 and "GET" in r.headers["Allow"]
+
+
+def test_a_job_module_that_fails_to_import_fails_the_create_not_the_app(monkeypatch, database_url, make_user) -> None:
+    """The job types load on the first request that needs them: a bad AI_JOBS_JOB_MODULES
+    leaves the app up (health answers), the create gets a 500 problem naming the setting,
+    and the next request tries again (a fixed module needs no new instance)."""
+    monkeypatch.setenv("AI_JOBS_JOB_MODULES", "no_such_module_for_ai_jobs.jobs")
+    c = make_app(database_url=database_url, store="postgres").test_client()
+    assert c.get("/api/health").status_code == 200
+    headers = {"Authorization": f"Bearer {user_token(make_user())}"}
+    body = {"type": "ai.generate", "input": {"prompt": "hello"}}
+    response = c.post("/api/jobs", json=body, headers=headers)
+    assert response.status_code == 500 and response.mimetype == PROBLEM_JSON
+    assert problem(response)["code"] == "job_types_unavailable" and "AI_JOBS_JOB_MODULES" in problem(response)["detail"]
+    monkeypatch.setenv("AI_JOBS_JOB_MODULES", "")
+    assert c.post("/api/jobs", json=body, headers=headers).status_code == 202

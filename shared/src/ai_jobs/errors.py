@@ -81,6 +81,13 @@ class BudgetExceededError(AiJobsError):
         return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
 
 
+class JobTypesUnavailableError(AiJobsError):
+    """The job types' modules (built-in or AI_JOBS_JOB_MODULES) failed to import:
+    a deployment error, reported on the request that needed them (500)."""
+
+    code = "job_types_unavailable"
+
+
 class StoreUnavailableError(AiJobsError):
     """The database or Supabase could not be reached, or failed unexpectedly."""
 

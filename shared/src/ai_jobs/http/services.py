@@ -8,10 +8,12 @@ listing never imports a job module."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from ai_jobs.errors import JobTypesUnavailableError
 from ai_jobs.http.auth import Principal, TokenVerifier, bearer_token, unauthorized
 from ai_jobs.registry import JobRegistry, load_job_modules
 from ai_jobs.settings import Settings
@@ -20,6 +22,9 @@ if TYPE_CHECKING:
     from ai_jobs.dispatch import Dispatcher
     from ai_jobs.runner import Runner
     from ai_jobs.store.base import JobStore
+
+
+log = logging.getLogger(__name__)
 
 
 class Services:
@@ -38,7 +43,14 @@ class Services:
         if self._registry is None:
             with self._lock:
                 if self._registry is None:
-                    self._registry = load_job_modules()
+                    try:
+                        self._registry = load_job_modules()
+                    except Exception as exc:  # an import error in a job module: tried again next request
+                        log.exception("could not load the job types")
+                        raise JobTypesUnavailableError(
+                            f"the job types could not be loaded ({type(exc).__name__}); check AI_JOBS_JOB_MODULES "
+                            "and the function's log"
+                        ) from exc
         return self._registry
 
     @property

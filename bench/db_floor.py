@@ -1,0 +1,192 @@
+"""Database time per no-op job on the worker's fast path, and what the table costs.
+
+    .venv/bin/python bench/db_floor.py [--jobs 10000] [--repeat 3]
+
+One throwaway embedded PostgreSQL (the `pgserver` wheel), migrated. One client
+connection plays a worker with nothing to run: it sends the fused statement,
+builds the next results from the rows it got, and sends the next, until the queue
+is empty. So the time per job is the database's work plus one loopback round trip
+per batch of 10, with almost no Python in between (a real worker adds its own, about
+50-60 us per job, see bench/README.md). M jobs of one owner, batch 10, measured:
+
+- `complete_claim_v1` and `complete_claim_v2`: the function the worker called
+  before and calls now (v2 skips the usage merge for results that carry no usage);
+- `raw pair`: the least any worker can do on this table and keep a lease: per batch,
+  one transaction of `UPDATE ... status='completed' WHERE id = ANY(...)` then
+  `UPDATE ... status='running' ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED
+  LIMIT 10)`; no fairness, limits, reaping, validation or usage;
+- the same raw pair after removing, cumulatively, the row triggers, the CHECK
+  constraints and all indexes but the primary key, the claim index and the
+  idempotency key: what each part of the table's design costs per job.
+
+The last three steps alter the table, so they run last, on this throwaway database.
+Also printed: WAL bytes per job for each step. Median (min-max) of --repeat runs.
+Takes about a minute.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+
+REPO = Path(__file__).resolve().parents[1]
+BATCH = 10
+
+RAW_COMPLETE = (
+    "update public.ai_jobs set status = 'completed', result = '{\"n\": 1}', progress = 100, locked_by = null, "
+    "lease_expires_at = null, finished_at = now() where id = any(%s)"
+)
+RAW_CLAIM = (
+    "update public.ai_jobs set status = 'running', attempts = attempts + 1, locked_by = 'w', "
+    "lease_expires_at = now() + interval '30 seconds', started_at = now() where id in ("
+    "select id from public.ai_jobs where status = 'pending' and run_at <= now() "
+    "order by priority desc, run_at, id limit 10 for update skip locked) returning id"
+)
+
+
+def fill(conn: psycopg.Connection, user_id: object, m: int) -> None:
+    conn.execute("delete from public.ai_jobs")
+    conn.execute("vacuum analyze public.ai_jobs")
+    conn.execute(
+        "insert into public.ai_jobs (user_id, job_type, input) "
+        "select %s, 'bench.noop', jsonb_build_object('n', i) from generate_series(1, %s) i",
+        (user_id, m),
+    )
+    conn.execute("analyze public.ai_jobs")
+    conn.execute("checkpoint")
+
+
+def fused(function: str) -> Callable[[psycopg.Connection], int]:
+    def loop(conn: psycopg.Connection) -> int:
+        results: list[dict[str, object]] = []
+        done = 0
+        while True:
+            value = conn.execute(f"select public.{function}('w1', %s::jsonb, {BATCH}, 30, null)",
+                                 (json.dumps(results),)).fetchone()[0]  # type: ignore[index]
+            claimed = value["claimed"]
+            if not claimed:
+                return done
+            results = [{"id": job["id"], "result": {"n": 1}} for job in claimed]
+            done += len(claimed)
+    return loop
+
+
+def raw_pair(conn: psycopg.Connection) -> int:
+    ids: list[object] = []
+    done = 0
+    while True:
+        with conn.transaction():
+            if ids:
+                conn.execute(RAW_COMPLETE, (ids,))
+            ids = [row[0] for row in conn.execute(RAW_CLAIM).fetchall()]
+        if not ids:
+            return done
+        done += len(ids)
+
+
+def measure(uri: str, user_id: object, m: int, loop: Callable[[psycopg.Connection], int]) -> tuple[float, float]:
+    """(us of database time per job, WAL bytes per job) for one drain of m jobs."""
+    with psycopg.connect(uri, autocommit=True) as conn:
+        fill(conn, user_id, m)
+        wal_start = conn.execute("select pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
+        started = time.perf_counter()
+        done = loop(conn)
+        elapsed = time.perf_counter() - started
+        wal = conn.execute("select pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (wal_start,)).fetchone()[0]  # type: ignore[index]
+    if done != m:
+        raise SystemExit(f"expected {m} jobs drained, got {done}")
+    return elapsed / m * 1e6, float(wal) / m
+
+
+def strip_triggers(conn: psycopg.Connection) -> None:
+    conn.execute("alter table public.ai_jobs disable trigger user")
+
+
+def strip_checks(conn: psycopg.Connection) -> None:
+    names = [r[0] for r in conn.execute(
+        "select conname from pg_constraint where conrelid = 'public.ai_jobs'::regclass and contype = 'c'")]
+    for name in names:
+        conn.execute(f'alter table public.ai_jobs drop constraint "{name}"')
+
+
+def strip_indexes(conn: psycopg.Connection) -> None:
+    names = [r[0] for r in conn.execute(
+        "select indexname from pg_indexes where schemaname = 'public' and tablename = 'ai_jobs' "
+        "and indexname not in ('ai_jobs_pkey', 'ai_jobs_claim_idx', 'ai_jobs_idempotency_unique')")]
+    for name in names:
+        conn.execute(f'drop index public."{name}"')
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--jobs", type=int, default=10_000)
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args(argv)
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        import pgserver
+    from ai_jobs.database.migrations import migrate
+
+    data_dir = tempfile.mkdtemp(prefix="fl", dir="/tmp")  # short: the unix socket lives here
+    load_start = os.getloadavg()[0]
+    server = pgserver.get_server(data_dir, cleanup_mode="delete")
+    rows: list[tuple[str, list[float], list[float]]] = []
+    try:
+        uri = str(server.get_uri())
+        migrate(uri)
+        with psycopg.connect(uri, autocommit=True) as conn:
+            user_id = conn.execute("insert into auth.users (id) values (gen_random_uuid()) returning id").fetchone()[0]  # type: ignore[index]
+        steps: list[tuple[str, Callable[[psycopg.Connection], int], Callable[[psycopg.Connection], None] | None]] = [
+            ("complete_claim_v1 (the worker before)", fused("ai_jobs_complete_claim_v1"), None),
+            ("complete_claim_v2 (the worker now)", fused("ai_jobs_complete_claim_v2"), None),
+            ("raw pair: two plain UPDATEs per batch", raw_pair, None),
+            ("raw pair, row triggers disabled", raw_pair, strip_triggers),
+            ("raw pair, + no CHECK constraints", raw_pair, strip_checks),
+            ("raw pair, + only pkey/claim/idempotency indexes", raw_pair, strip_indexes),
+        ]
+        for label, loop, alter in steps:
+            if alter is not None:
+                with psycopg.connect(uri, autocommit=True) as conn:
+                    alter(conn)
+            times, wal = [], []
+            for _ in range(args.repeat):
+                us, wal_bytes = measure(uri, user_id, args.jobs, loop)
+                times.append(us)
+                wal.append(wal_bytes)
+            rows.append((label, times, wal))
+            print(f"  {label}: {statistics.median(times):.0f} us/job", flush=True)
+    finally:
+        try:
+            server.cleanup()
+        except Exception:  # noqa: BLE001
+            pass
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+    print()
+    print(f"| step ({args.jobs:,} jobs, batch {BATCH}, one connection) | database time per job, us | jobs/s this implies "
+          "| WAL per job, bytes |")
+    print("|---|---:|---:|---:|")
+    for label, times, wal in rows:
+        med = statistics.median(times)
+        print(f"| {label} | {med:.0f} ({min(times):.0f}–{max(times):.0f}) | {1e6 / med:,.0f} "
+              f"| {statistics.median(wal):,.0f} |")
+    print(f"\nmedian (min–max) of {args.repeat}; load average {load_start:.2f} at start, "
+          f"{os.getloadavg()[0]:.2f} at end, {os.cpu_count()} CPUs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
