@@ -227,7 +227,7 @@ def creates_with_frozen_functions(
 
     def instance(write_end: int) -> None:
         store = PostgresStore(database_url, min_size=1, max_size=1)
-        svc = Services(settings=settings, _store=store)
+        svc = Services(settings=settings, store=store)
         dispatcher = Dispatcher(
             target.url, "handoff-secret", wait_seconds=wait_seconds, connect_timeout=5.0, verify=target.client_context
         )

@@ -29,12 +29,15 @@ log = logging.getLogger(__name__)
 
 class Services:
     """Per-process services; `settings` defaults to the environment, `registry` to the
-    built-in job types plus AI_JOBS_JOB_MODULES (loaded when a request first needs it)."""
+    built-in job types plus AI_JOBS_JOB_MODULES (loaded when a request first needs it),
+    `store` to the one the settings call for (opened on first use)."""
 
-    def __init__(self, settings: Settings | None = None, registry: JobRegistry | None = None) -> None:
+    def __init__(
+        self, settings: Settings | None = None, registry: JobRegistry | None = None, store: JobStore | None = None
+    ) -> None:
         self.settings = settings or Settings.from_env()
         self._registry: JobRegistry | None = registry
-        self._store: JobStore | None = None
+        self._store: JobStore | None = store
         self._lock = threading.Lock()
 
     @property
