@@ -153,3 +153,61 @@ def test_a_listening_worker_starts_new_jobs_without_waiting_for_its_poll(databas
     assert listening is not None and listening < 0.5, listening
     polling = _start_latency(database_url, user, "poll")  # the control: the 5 s poll is what starts it
     assert polling is None or polling > 0.5, polling
+
+
+def test_worker_concurrency_runs_jobs_at_once_and_stops_cleanly(database_url: str, make_user) -> None:
+    """`ai-jobs worker --concurrency 3`: three loops in one process, each its own lease
+    holder, so three 2-second jobs run at the same time (the control, one loop, runs
+    one at a time); one NOTIFY wakes the idle loops; SIGTERM ends the process promptly
+    with nothing left running."""
+    user = make_user()
+
+    def enqueue(conn: psycopg.Connection, n: int) -> list[object]:
+        return [conn.execute(
+            "select (public.ai_jobs_enqueue_v3(p_user_id => %s, p_job_type => 'example.countdown',"
+            " p_input => '{\"steps\": 2, \"step_seconds\": 1}') -> 'job' ->> 'id')::uuid", (user,)).fetchone()[0]
+            for _ in range(n)]
+
+    def most_running_at_once(concurrency: int) -> tuple[int, set[str]]:
+        env = {**os.environ, "DATABASE_URL": database_url, "AI_JOBS_STORE": "postgres", "AI_JOBS_DEMO_JOB_TYPES": "1",
+               "AI_JOBS_WORKER_WAKEUP": "listen"}
+        worker = subprocess.Popen(AI_JOBS + ["worker", "--poll-interval", "30", "--concurrency", str(concurrency)],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            assert worker.stdout is not None
+            banner = worker.stdout.readline()
+            assert "LISTEN" in banner and (f"{concurrency} loops" in banner) == (concurrency > 1), banner
+            time.sleep(1)  # every loop has claimed nothing and waits (a 30 s poll: only the NOTIFY wakes them)
+            with psycopg.connect(database_url, autocommit=True) as conn:
+                ids = enqueue(conn, 3)  # one statement each: the first NOTIFY must wake every idle loop
+                most, holders = 0, set()
+                deadline = time.monotonic() + 12
+                while time.monotonic() < deadline:
+                    rows = conn.execute("select status, locked_by from public.ai_jobs where id = any(%s)",
+                                        (ids,)).fetchall()
+                    running = [r[1] for r in rows if r[0] == "running"]
+                    most, holders = max(most, len(running)), holders | set(running)
+                    if all(r[0] == "completed" for r in rows):
+                        break
+                    time.sleep(0.05)
+                assert all(r[0] == "completed" for r in rows), rows
+            t0 = time.monotonic()
+            worker.terminate()
+            assert worker.wait(timeout=5) == 0
+            assert time.monotonic() - t0 < 3  # idle loops wake on stop, not at their 30 s poll
+            return most, holders
+        finally:
+            if worker.poll() is None:
+                worker.kill()
+
+    most, holders = most_running_at_once(3)
+    assert most == 3 and len(holders) == 3, (most, holders)
+    most, holders = most_running_at_once(1)
+    assert most == 1 and len(holders) == 1, (most, holders)
+
+
+def test_worker_concurrency_is_bounded_by_the_pool(database_url: str) -> None:
+    env = {**os.environ, "DATABASE_URL": database_url, "AI_JOBS_STORE": "postgres", "AI_JOBS_POOL_MAX_SIZE": "4"}
+    proc = subprocess.run(AI_JOBS + ["worker", "--concurrency", "5"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode != 0 and "--concurrency must be between 1 and AI_JOBS_POOL_MAX_SIZE (4)" in proc.stderr

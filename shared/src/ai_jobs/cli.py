@@ -343,51 +343,122 @@ WORKER_JOBS_PER_DRAIN = 1000
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    """A long-lived worker loop for hosts that are not serverless."""
-    import random
-
+    """A long-lived worker loop for hosts that are not serverless; with --concurrency N,
+    N loops in threads of one process (each its own lease holder and pooled connection),
+    so N jobs run at once: Claude calls mostly wait on the network."""
     from ai_jobs.registry import load_job_modules
     from ai_jobs.runner import Runner
     from ai_jobs.store import open_store
 
+    if args.concurrency < 1 or args.concurrency > settings.pool_max_size:
+        raise SystemExit(f"--concurrency must be between 1 and AI_JOBS_POOL_MAX_SIZE ({settings.pool_max_size}), "
+                         f"got {args.concurrency}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = load_job_modules()
     stop = _stop_on_signals()
+    lease_seconds = args.lease_seconds or settings.lease_seconds
     with open_store(settings) as store:
-        # SIGTERM/SIGINT: the running job is released at its next step, no attempt spent
-        runner = Runner(store, registry, lease_seconds=args.lease_seconds or settings.lease_seconds, stopping=stop)
+        # SIGTERM/SIGINT: a running job is released at its next step, no attempt spent
+        runners = [Runner(store, registry, lease_seconds=lease_seconds, stopping=stop) for _ in range(args.concurrency)]
         listener = _due_listener(settings, store)
         wakeup = "LISTEN ai_jobs_due, polling" if listener else "polling"
-        print(f"worker {runner.worker_id} serving {', '.join(registry.types())} ({wakeup} every "
+        loops = f"{len(runners)} loops, " if len(runners) > 1 else ""
+        print(f"worker {runners[0].worker_id} serving {', '.join(registry.types())} ({loops}{wakeup} every "
               f"{args.poll_interval:g} s when idle)", flush=True)
+        wake = _WakeBroadcast(listener, stop)
         try:
-            while not stop.is_set():
-                try:
-                    # due schedule ticks first (each fires once however many workers race)
-                    from ai_jobs.schedules import run_schedules
-
-                    run_schedules(store, registry, settings)
-                except Exception:  # noqa: BLE001 - a schedule problem must not stop the worker
-                    logging.getLogger("ai_jobs.worker").exception("schedule firing error")
-                try:
-                    # many batches per call: each batch's completions ride on the next claim
-                    # (one statement); the bound keeps the outcome list small
-                    outcomes = runner.run_available(max_jobs=WORKER_JOBS_PER_DRAIN, batch=args.batch)
-                except Exception:  # noqa: BLE001 - keep serving; the database may come back
-                    logging.getLogger("ai_jobs.worker").exception("worker loop error")
-                    outcomes = []
-                if args.once and not outcomes:
-                    break
-                if not outcomes:
-                    pause = args.poll_interval * random.uniform(0.8, 1.2)
-                    if listener is not None:
-                        listener.wait(pause, stop)
-                    else:
-                        stop.wait(pause)
+            if len(runners) == 1:
+                _worker_loop(runners[0], store, registry, settings, args, stop, wake, fire_schedules=True)
+            else:
+                threads = [
+                    threading.Thread(target=_worker_loop, name=f"ai-jobs-worker-{i}", daemon=True,
+                                     args=(runner, store, registry, settings, args, stop, wake, i == 0))
+                    for i, runner in enumerate(runners)
+                ]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
         finally:
-            if listener is not None:
-                listener.close()
+            wake.close()
     return 0
+
+
+def _worker_loop(runner: Any, store: Any, registry: Any, settings: Settings, args: argparse.Namespace,
+                 stop: threading.Event, wake: _WakeBroadcast, fire_schedules: bool) -> None:
+    """One claim-run-complete loop until `stop` (or, with --once, until idle)."""
+    import random
+
+    while not stop.is_set():
+        seen = wake.generation  # a NOTIFY from now on (even during the claim below) ends the idle wait
+        if fire_schedules:
+            try:
+                # due schedule ticks first (each fires once however many workers race)
+                from ai_jobs.schedules import run_schedules
+
+                run_schedules(store, registry, settings)
+            except Exception:  # noqa: BLE001 - a schedule problem must not stop the worker
+                logging.getLogger("ai_jobs.worker").exception("schedule firing error")
+        try:
+            # many batches per call: each batch's completions ride on the next claim
+            # (one statement); the bound keeps the outcome list small
+            outcomes = runner.run_available(max_jobs=WORKER_JOBS_PER_DRAIN, batch=args.batch)
+        except Exception:  # noqa: BLE001 - keep serving; the database may come back
+            logging.getLogger("ai_jobs.worker").exception("worker loop error")
+            outcomes = []
+        if args.once and not outcomes:
+            break
+        if not outcomes:
+            wake.wait(args.poll_interval * random.uniform(0.8, 1.2), since=seen)
+
+
+class _WakeBroadcast:
+    """Idle loops sleep here until the poll interval ends, a NOTIFY ai_jobs_due arrives
+    (one thread reads the LISTEN connection and wakes every loop), or `stop`."""
+
+    def __init__(self, listener: Any, stop: threading.Event) -> None:
+        self._listener = listener
+        self._stop = stop
+        self._cond = threading.Condition()
+        self._generation = 0
+        self._thread: threading.Thread | None = None
+        if listener is not None:
+            self._thread = threading.Thread(target=self._listen, name="ai-jobs-listen", daemon=True)
+            self._thread.start()
+        threading.Thread(target=self._on_stop, name="ai-jobs-stop-wake", daemon=True).start()
+
+    def _fire(self) -> None:
+        with self._cond:
+            self._generation += 1
+            self._cond.notify_all()
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            if self._listener.wait(60.0, self._stop):
+                self._fire()
+            elif not self._listener.active:
+                return  # the connection broke: the loops poll
+
+    def _on_stop(self) -> None:
+        self._stop.wait()
+        self._fire()
+
+    @property
+    def generation(self) -> int:
+        """How many wake-ups so far; pass it back to `wait` as `since`."""
+        return self._generation
+
+    def wait(self, timeout: float, since: int) -> None:
+        """Return after `timeout`, at once if a wake-up came after `since`, or on stop."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._generation != since or self._stop.is_set(), timeout)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()  # the listening thread checks it at least every STOP_CHECK_SECONDS
+            self._thread.join(timeout=2)
+        if self._listener is not None:
+            self._listener.close()
 
 
 def _due_listener(settings: Settings, store: Any) -> Any:
@@ -729,6 +800,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls when idle")
     p.add_argument("--once", action="store_true", help="exit when no job is due")
     p.add_argument("--batch", type=int, default=1, help="jobs claimed per round trip (short jobs: 10-50)")
+    p.add_argument("--concurrency", type=int, default=1,
+                   help="loops in this process, each running one job (or batch) at a time (default 1; "
+                        "at most AI_JOBS_POOL_MAX_SIZE)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("sweep", help="reap expired leases, purge old jobs, run due jobs")
