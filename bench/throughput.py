@@ -111,6 +111,7 @@ class Options:
     pgmq_batch_size: int = 10
     dbos_worker_concurrency: int = 100
     dbos_polling_interval: float = 0.01
+    ai_jobs_concurrency: int = 1
 
 
 class System:
@@ -158,6 +159,7 @@ class System:
 class AiJobs(System):
     key = "ai-jobs"
     source = ""  # another copy of the package to run (a variant), else this checkout
+    concurrency: int | None = None  # loops per process (--concurrency), else Options.ai_jobs_concurrency
     queue_table = "public.ai_jobs"
     remaining_sql = "select count(*) from public.ai_jobs where status in ('pending', 'running')"
     succeeded_sql = "select count(*) from public.ai_jobs where status = 'completed'"
@@ -175,12 +177,14 @@ class AiJobs(System):
             cwd=REPO, env=self.worker_env(self.uri), capture_output=True, text=True, timeout=60,
         ).stdout
         self.batch_supported = "--batch" in help_text
+        self.concurrency_supported = "--concurrency" in help_text
         self.settings = {
             "command": "python -m ai_jobs.cli worker",
             "source": self.source or "this checkout",
             "poll_interval": self.opts.ai_jobs_poll_interval,
             "batch": self.opts.ai_jobs_batch if self.batch_supported else None,
             "batch_option_available": self.batch_supported,
+            "concurrency": self.loops if self.concurrency_supported else None,
         }
 
     def enqueue(self, m: int) -> None:
@@ -213,10 +217,18 @@ class AiJobs(System):
     def clean(self) -> None:
         self.sql("delete from public.ai_jobs")
 
+    @property
+    def loops(self) -> int:
+        return self.concurrency if self.concurrency is not None else self.opts.ai_jobs_concurrency
+
     def worker_argv(self) -> list[str]:
         argv = [PY, "-m", "ai_jobs.cli", "worker", "--poll-interval", str(self.opts.ai_jobs_poll_interval)]
         if self.batch_supported:
             argv += ["--batch", str(self.opts.ai_jobs_batch)]
+        if self.loops != 1:
+            if not self.concurrency_supported:
+                raise RuntimeError(f"{self.source or 'this checkout'}: ai-jobs worker has no --concurrency")
+            argv += ["--concurrency", str(self.loops)]
         return argv
 
     def worker_env(self, app_uri: str) -> dict[str, str]:
@@ -518,6 +530,15 @@ def make_variant(name: str, source: str, uri: str, opts: Options) -> AiJobs:
     return system
 
 
+def make_concurrency_variant(loops: int, uri: str, opts: Options) -> AiJobs:
+    """This checkout's worker with --concurrency `loops`, as its own system in the run."""
+    system = AiJobs(uri, opts)
+    system.key = f"ai-jobs-c{loops}"  # ASCII: it goes into application_name
+    system.concurrency = loops
+    LABELS[system.key] = f"ai-jobs --concurrency {loops}"
+    return system
+
+
 # -- one run -----------------------------------------------------------------------------
 
 
@@ -741,7 +762,7 @@ def ratios(results: list[RunResult], systems: list[str], workers: list[int], our
     """ours / each other system, per round (runs of the same round ran back to back):
     the median over rounds, with min–max when there are several."""
     others = [k for k in systems if k != ours]
-    rows = ["| workers | " + " | ".join(f"{ours} / {LABELS[o]}" for o in others) + " |",
+    rows = ["| workers | " + " | ".join(f"{LABELS.get(ours, ours)} / {LABELS[o]}" for o in others) + " |",
             "|---:|" + "---:|" * len(others)]
     for n in workers:
         cells = []
@@ -858,6 +879,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sample-interval", type=float, default=0.05, help="seconds between remaining-job samples")
     p.add_argument("--ai-jobs-batch", type=int, default=10, help="passed as --batch if the ai-jobs worker has it")
     p.add_argument("--ai-jobs-poll-interval", type=float, default=0.05)
+    p.add_argument("--ai-jobs-concurrency", type=int, nargs="+", default=[1],
+                   help="passed as --concurrency (loops per ai-jobs worker process, each its own connection); "
+                        "the first value is ai-jobs' (and its variants'), each further one adds this checkout's "
+                        "worker with that value as another system in the same run")
     p.add_argument("--pgq-batch-size", type=int, default=10, help="PgQueuer dequeue batch size (its default)")
     p.add_argument("--procrastinate-concurrency", type=int, default=10, help="Procrastinate sub-workers per process")
     p.add_argument("--pgmq-batch-size", type=int, default=10, help="pgmq messages read per call")
@@ -882,7 +907,8 @@ def main(argv: list[str] | None = None) -> int:
         import pgserver
 
     opts = Options(args.ai_jobs_batch, args.ai_jobs_poll_interval, args.pgq_batch_size, args.procrastinate_concurrency,
-                   args.pgmq_batch_size, args.dbos_worker_concurrency, args.dbos_polling_interval)
+                   args.pgmq_batch_size, args.dbos_worker_concurrency, args.dbos_polling_interval,
+                   args.ai_jobs_concurrency[0])
     load_at_start = os.getloadavg()
     data_dir = tempfile.mkdtemp(prefix="tp", dir="/tmp")  # short: the unix socket lives here
     log_dir = Path(tempfile.mkdtemp(prefix="tplogs", dir="/tmp"))
@@ -909,6 +935,10 @@ def main(argv: list[str] | None = None) -> int:
                 for spec in args.ai_jobs_variant:
                     name, _, source = spec.partition("=")
                     variant = make_variant(name, source, uri, opts)
+                    variant.install()
+                    systems.append(variant)
+                for loops in args.ai_jobs_concurrency[1:]:
+                    variant = make_concurrency_variant(loops, uri, opts)
                     variant.install()
                     systems.append(variant)
         print("schemas installed: " + ", ".join(LABELS[s.key] for s in systems), flush=True)
@@ -963,6 +993,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(ratios(results, keys, args.workers))
     print()
+    for key in keys:
+        if key.startswith("ai-jobs-c"):
+            print(f"The same for {LABELS[key]} (one process per worker, {key.removeprefix('ai-jobs-c')} loops each):")
+            print()
+            print(ratios(results, [k for k in keys if not k.startswith("ai-jobs")], args.workers, ours=key))
+            print()
     print(load_line(results) + f"; at start {load_at_start[0]:.2f}, at end {load_at_end[0]:.2f}")
     print()
     if enqueues:
