@@ -558,6 +558,10 @@ class RunResult:
     startup_s: float | None = None  # spawning the workers -> gate opened
     gate_all_ready: bool = False
     enqueue_s: float | None = None
+    # CPU time (user + system) from the gate opening to the last job, per job: the worker
+    # processes (with their children) and every process of the PostgreSQL server
+    worker_cpu_us_per_job: float | None = None
+    db_cpu_us_per_job: float | None = None
     remaining_at_end: int | None = None
     succeeded: int | None = None  # jobs the system recorded as successfully run
     worker_exit_codes: list[int | None] = field(default_factory=list)
@@ -601,6 +605,43 @@ def tail(path: Path, lines: int = 15) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def _cpu_seconds(processes: list[Any]) -> float:
+    """User + system CPU seconds of these psutil processes (gone ones count 0)."""
+    import psutil
+
+    total = 0.0
+    for proc in processes:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _server_processes(conn: psycopg.Connection) -> list[Any]:
+    """The PostgreSQL server's processes: the postmaster and all its children (backends,
+    WAL writer, checkpointer...), found from this connection's backend."""
+    import psutil
+
+    backend = psutil.Process(conn.execute("select pg_backend_pid()").fetchone()[0])  # type: ignore[index]
+    postmaster = backend.parent()
+    return [postmaster, *postmaster.children()] if postmaster is not None else []
+
+
+def _worker_processes(procs: list[subprocess.Popen[bytes]]) -> list[Any]:
+    import psutil
+
+    out: list[Any] = []
+    for p in procs:
+        try:
+            root = psutil.Process(p.pid)
+            out += [root, *root.children(recursive=True)]
+        except psutil.Error:
+            pass
+    return out
 
 
 def run_once(system: System, n: int, m: int, args: argparse.Namespace, log_dir: Path, repeat: int) -> RunResult:
@@ -649,6 +690,9 @@ def run_once(system: System, n: int, m: int, args: argparse.Namespace, log_dir: 
             if all(p.poll() is not None for p in procs):
                 break
             time.sleep(0.05)
+        workers_ps = _worker_processes(procs)
+        cpu_workers_0 = _cpu_seconds(workers_ps)
+        cpu_db_0 = _cpu_seconds(_server_processes(monitor))
         gate.commit()  # open the gate
         t_open = time.perf_counter()
         result.startup_s = t_open - t_spawn
@@ -667,6 +711,10 @@ def run_once(system: System, n: int, m: int, args: argparse.Namespace, log_dir: 
                 t_done = (q0 + q1) / 2
                 result.drain_s = t_done - t_open
                 result.wall_s = t_done - t_spawn
+                # backends of this run that have ended since are not counted: none end
+                # before the workers are stopped, after this
+                result.worker_cpu_us_per_job = (_cpu_seconds(workers_ps) - cpu_workers_0) / m * 1e6
+                result.db_cpu_us_per_job = (_cpu_seconds(_server_processes(monitor)) - cpu_db_0) / m * 1e6
                 break
             if q1 > deadline:
                 result.status = "timeout"
@@ -725,6 +773,8 @@ class Summary:
     steady_max: float | None
     wall_s: float | None  # median over finished runs
     drain_s: float | None
+    worker_cpu_us: float | None = None  # medians of the CPU per job
+    db_cpu_us: float | None = None
 
 
 def summarize(results: list[RunResult], systems: list[str], workers: list[int]) -> list[Summary]:
@@ -740,6 +790,8 @@ def summarize(results: list[RunResult], systems: list[str], workers: list[int]) 
                 steady_jobs_per_s=median(steady), steady_min=min(steady, default=None), steady_max=max(steady, default=None),
                 wall_s=median([r.wall_s for r in rs if r.wall_s is not None]),
                 drain_s=median([r.drain_s for r in rs if r.drain_s is not None]),
+                worker_cpu_us=median([r.worker_cpu_us_per_job for r in rs if r.worker_cpu_us_per_job is not None]),
+                db_cpu_us=median([r.db_cpu_us_per_job for r in rs if r.db_cpu_us_per_job is not None]),
             ))
     return out
 
@@ -747,14 +799,16 @@ def summarize(results: list[RunResult], systems: list[str], workers: list[int]) 
 def table(summaries: list[Summary]) -> str:
     repeated = any(s.runs > 1 for s in summaries)
     head = "steady-state jobs/s" + (" (median, min–max)" if repeated else "")
-    rows = [f"| system | workers | jobs | {head} | wall s | drain s | ok runs |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    rows = [f"| system | workers | jobs | {head} | wall s | drain s | CPU µs per job: workers | CPU µs per job: "
+            "PostgreSQL | ok runs |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in summaries:
         steady = fmt(s.steady_jobs_per_s)
         if repeated and s.steady_min is not None:
             steady += f" ({fmt(s.steady_min)}–{fmt(s.steady_max)})"
         rows.append(f"| {LABELS[s.system]} | {s.workers} | {s.jobs} | {steady} | "
-                    f"{fmt(s.wall_s, 2)} | {fmt(s.drain_s, 2)} | {s.ok_runs}/{s.runs} |")
+                    f"{fmt(s.wall_s, 2)} | {fmt(s.drain_s, 2)} | {fmt(s.worker_cpu_us)} | {fmt(s.db_cpu_us)} | "
+                    f"{s.ok_runs}/{s.runs} |")
     return "\n".join(rows)
 
 
@@ -968,7 +1022,9 @@ def main(argv: list[str] | None = None) -> int:
                         r = RunResult(system=system.key, workers=n, jobs=args.jobs, repeat=repeat,
                                       status="error", error=repr(exc))
                     results.append(r)
-                    print(f"  {r.status}: steady {fmt(r.steady_jobs_per_s)} jobs/s, wall {fmt(r.wall_s, 2)} s, "
+                    print(f"  {r.status}: steady {fmt(r.steady_jobs_per_s)} jobs/s, CPU per job "
+                          f"{fmt(r.worker_cpu_us_per_job)} µs workers + {fmt(r.db_cpu_us_per_job)} µs PostgreSQL, "
+                          f"wall {fmt(r.wall_s, 2)} s, "
                           f"drain {fmt(r.drain_s, 2)} s, start-up {fmt(r.startup_s, 2)} s, "
                           f"all at gate: {r.gate_all_ready}" + (f" — {r.error}" if r.error else ""), flush=True)
                     try:
