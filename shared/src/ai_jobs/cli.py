@@ -12,9 +12,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ai_jobs.settings import Settings
+
+if TYPE_CHECKING:
+    from ai_jobs.registry import JobRegistry
+    from ai_jobs.runner import Runner
+    from ai_jobs.store.base import JobStore
+    from ai_jobs.wakeup import DueListener
 
 
 def _database_url(settings: Settings) -> str:
@@ -384,8 +390,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _worker_loop(runner: Any, store: Any, registry: Any, settings: Settings, args: argparse.Namespace,
-                 stop: threading.Event, wake: _WakeBroadcast, fire_schedules: bool) -> None:
+def _worker_loop(runner: Runner, store: JobStore, registry: JobRegistry, settings: Settings,
+                 args: argparse.Namespace, stop: threading.Event, wake: _WakeBroadcast, fire_schedules: bool) -> None:
     """One claim-run-complete loop until `stop` (or, with --once, until idle)."""
     import random
 
@@ -416,7 +422,7 @@ class _WakeBroadcast:
     """Idle loops sleep here until the poll interval ends, a NOTIFY ai_jobs_due arrives
     (one thread reads the LISTEN connection and wakes every loop), or `stop`."""
 
-    def __init__(self, listener: Any, stop: threading.Event) -> None:
+    def __init__(self, listener: DueListener | None, stop: threading.Event) -> None:
         self._listener = listener
         self._stop = stop
         self._cond = threading.Condition()
@@ -433,6 +439,7 @@ class _WakeBroadcast:
             self._cond.notify_all()
 
     def _listen(self) -> None:
+        assert self._listener is not None  # started only with a listener
         while not self._stop.is_set():
             if self._listener.wait(60.0, self._stop):
                 self._fire()
