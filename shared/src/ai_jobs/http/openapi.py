@@ -30,6 +30,7 @@ from ai_jobs.http.schemas import (
     ProblemBody,
     WorkRequest,
     WorkResult,
+    page_parameters,
 )
 from ai_jobs.models import JOB_TYPE_PATTERN, JobStatus
 from ai_jobs.http.schedules import CreateScheduleRequest, PublicSchedule, ScheduleList
@@ -182,10 +183,7 @@ def _schedule_paths() -> dict[str, Any]:
                 "description": "Keyset-paginated like GET /api/jobs.",
                 "security": USER,
                 "parameters": [
-                    {"name": "limit", "in": "query",
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
-                    {"name": "cursor", "in": "query", "description": "next_cursor of the previous page, as given",
-                     "schema": {"type": "string", "maxLength": 500}},
+                    *page_parameters(),
                 ],
                 "responses": {
                     "200": _json(ScheduleList, "a page of schedules"),
@@ -265,10 +263,7 @@ def openapi_document() -> dict[str, Any]:
                     {"name": "status", "in": "query", "schema": {"type": "string", "enum": [s.value for s in JobStatus]}},
                     {"name": "type", "in": "query",
                      "schema": {"type": "string", "pattern": JOB_TYPE_PATTERN, "maxLength": 100}},
-                    {"name": "limit", "in": "query",
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
-                    {"name": "cursor", "in": "query", "description": "next_cursor of the previous page, as given",
-                     "schema": {"type": "string", "maxLength": 500}},
+                    *page_parameters(),
                 ],
                 "responses": {
                     "200": _json(JobList, "a page of jobs"),

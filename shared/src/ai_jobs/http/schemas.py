@@ -165,6 +165,16 @@ class PageQuery(BaseModel):
         return cursor
 
 
+def page_parameters() -> list[dict[str, Any]]:
+    """PageQuery's fields as OpenAPI query parameters: one definition for every
+    paginated list's entry in the document (built on its first request)."""
+    return [
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+        {"name": "cursor", "in": "query", "description": "next_cursor of the previous page, as given",
+         "schema": {"type": "string", "maxLength": 500}},
+    ]
+
+
 class ListJobsQuery(PageQuery):
     status: JobStatus | None = None
     type: str | None = Field(default=None, pattern=JOB_TYPE_PATTERN, max_length=100)

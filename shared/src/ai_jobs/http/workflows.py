@@ -11,7 +11,7 @@ from typing import Any
 from werkzeug.wrappers import Response
 
 from ai_jobs.http.io import ApiRequest, job_id_arg, json_response, read_query
-from ai_jobs.http.schemas import Job, JobList, PageQuery
+from ai_jobs.http.schemas import Job, JobList, PageQuery, page_parameters
 
 
 def pause_job(request: ApiRequest) -> Response:
@@ -50,9 +50,7 @@ def workflow_paths(user_job_operation: Any, json_body: Any, problem: Any) -> dic
     )
     children["parameters"] = [
         *children["parameters"],
-        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
-        {"name": "cursor", "in": "query", "description": "next_cursor of the previous page, as given",
-         "schema": {"type": "string", "maxLength": 500}},
+        *page_parameters(),
     ]
     children["responses"]["400"] = problem(
         400, "the job id in the path is not a UUID, or a bad, unknown or repeated query parameter",
