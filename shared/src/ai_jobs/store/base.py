@@ -121,6 +121,22 @@ DELETE_TREE = SqlFunction("ai_jobs_delete_v2")
 MAX_SPAWN_MANY = 1000
 
 
+def _page_position(cursor: str | None) -> dict[str, Any]:
+    """The keyset arguments of every paginated SQL list (jobs, children, schedules) for a
+    cursor as next_cursor gave it; none: the first page."""
+    position = JobCursor.decode(cursor) if cursor else None
+    return {"p_before_created_at": position.created_at if position else None,
+            "p_before_id": position.id if position else None}
+
+
+def _next_cursor(page: Sequence[Job] | Sequence[Schedule], limit: int) -> str | None:
+    """The following page's cursor: set whenever this page is full, so the page after a
+    full last page is empty."""
+    if len(page) != limit:
+        return None
+    return JobCursor(created_at=page[-1].created_at, id=page[-1].id).encode()
+
+
 class JobStore(ABC):
     """Queue operations. Worker-side calls take the worker id that holds the lease;
     owner-side calls take `user_id` (None = operator, no owner scoping)."""
@@ -483,7 +499,6 @@ class JobStore(ABC):
         cursor: str | None = None,
     ) -> JobPage:
         """Newest first; pass `next_cursor` back to get the following page."""
-        position = JobCursor.decode(cursor) if cursor else None
         jobs = self._jobs(
             LIST,
             {
@@ -491,15 +506,10 @@ class JobStore(ABC):
                 "p_status": status.value if status else None,
                 "p_job_type": job_type,
                 "p_limit": limit,
-                "p_before_created_at": position.created_at if position else None,
-                "p_before_id": position.id if position else None,
+                **_page_position(cursor),
             },
         )
-        next_cursor = None
-        if len(jobs) == limit:
-            last = jobs[-1]
-            next_cursor = JobCursor(created_at=last.created_at, id=last.id).encode()
-        return JobPage(jobs=jobs, next_cursor=next_cursor)
+        return JobPage(jobs=jobs, next_cursor=_next_cursor(jobs, limit))
 
     def request_cancel(self, job_id: UUID, *, user_id: UUID | None = None) -> Job:
         """Pending: cancelled now. Running: flagged, the worker stops at its next step.
@@ -651,17 +661,10 @@ class JobStore(ABC):
         self, job_id: UUID, *, user_id: UUID | None = None, limit: int = 20, cursor: str | None = None
     ) -> JobPage:
         """A job's children, newest first, paginated like `list`."""
-        position = JobCursor.decode(cursor) if cursor else None
         jobs = self._jobs(
-            CHILDREN,
-            {"p_job_id": job_id, "p_user_id": user_id, "p_limit": limit,
-             "p_before_created_at": position.created_at if position else None,
-             "p_before_id": position.id if position else None},
+            CHILDREN, {"p_job_id": job_id, "p_user_id": user_id, "p_limit": limit, **_page_position(cursor)}
         )
-        next_cursor = None
-        if len(jobs) == limit:
-            next_cursor = JobCursor(created_at=jobs[-1].created_at, id=jobs[-1].id).encode()
-        return JobPage(jobs=jobs, next_cursor=next_cursor)
+        return JobPage(jobs=jobs, next_cursor=_next_cursor(jobs, limit))
 
     def pause(self, job_id: UUID, *, user_id: UUID | None = None) -> Job:
         """Pending: paused now. Running: stops at its next step. Unfinished children too."""
@@ -734,17 +737,9 @@ class JobStore(ABC):
     ) -> tuple[list[Schedule], str | None]:
         """Newest first; user_id None: the deployment's schedules. Returns the page and
         the cursor of the next one (set when the page is full)."""
-        position = JobCursor.decode(cursor) if cursor else None
-        rows = self.call(SCHEDULE_LIST, {
-            "p_user_id": user_id, "p_limit": limit,
-            "p_before_created_at": position.created_at if position else None,
-            "p_before_id": position.id if position else None,
-        })
+        rows = self.call(SCHEDULE_LIST, {"p_user_id": user_id, "p_limit": limit, **_page_position(cursor)})
         schedules = [Schedule.model_validate(row) for row in rows]
-        next_cursor = None
-        if len(schedules) == limit:
-            next_cursor = JobCursor(created_at=schedules[-1].created_at, id=schedules[-1].id).encode()
-        return schedules, next_cursor
+        return schedules, _next_cursor(schedules, limit)
 
     def set_schedule_paused(
         self, schedule_id: UUID, *, user_id: UUID | None, paused: bool, next_run_at: datetime | None = None
