@@ -157,7 +157,11 @@ def test_four_workers_and_two_sweeps_fire_each_tick_exactly_once(
         for thread in threads:
             thread.start()
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(scheduled_jobs(db, schedule.id)) < 5:
+        # at least 5 ticks, and won by at least two callers: with one tick a second, one
+        # caller can win the first few in a row (seen about once in ten runs)
+        while time.monotonic() < deadline and (
+            len(scheduled_jobs(db, schedule.id)) < 5 or sum(1 for name in list(fired) if fired[name]) < 2
+        ):
             time.sleep(0.1)
         stop.set()
         for thread in threads:
