@@ -155,13 +155,13 @@ def _accept_loop(listener: socket.socket, handle: Callable[[socket.socket], None
 
 class HandoffTarget:
     """Starts RecordingWorker behind LatencyProxy; `url` is the proxy's https URL
-    and `client_context` trusts its certificate."""
+    and `cafile` is its certificate, for the client to trust."""
 
     def __init__(self, folder: Path, *, connect_delay: float = 0.15) -> None:
         cert, key = self_signed_certificate(folder)
         server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         server_context.load_cert_chain(cert, key)
-        self.client_context = ssl.create_default_context(cafile=str(cert))
+        self.cafile = cert
         self.worker = RecordingWorker()
         self.proxy = LatencyProxy(self.worker.port, server_context, connect_delay)
 
@@ -205,83 +205,138 @@ def creates_with_frozen_functions(
     freezes itself (SIGSTOP) the moment the create returns, as Vercel freezes a
     function after its response: its sockets stay open, nothing more runs. Then
     count the hand-offs the worker endpoint received whole, and kill the frozen
-    instances."""
+    instances.
+
+    The instances are forked by a helper process (`python -m tests.latency_proxy`)
+    that starts no thread, never by this one: here the proxy's threads are inside
+    OpenSSL and the interpreter at any moment, and a child forked then inherits
+    their locks held (2 of 200 instances hung that way in CI)."""
+    import subprocess
+    import sys
+
+    before = len(target.delivered_job_ids())
+    command = [
+        sys.executable, "-m", "tests.latency_proxy", "--database-url", database_url, "--user-id", str(user_id),
+        "--url", target.url, "--cafile", str(target.cafile), "--creates", str(creates),
+        "--wait-seconds", str(wait_seconds), "--concurrency", str(concurrency),
+    ]
+    root = Path(__file__).resolve().parent.parent
+    helper = subprocess.Popen(command, cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert helper.stdin is not None and helper.stdout is not None
+    reports: list[dict[str, Any]] = []
+    try:
+        for line in helper.stdout:  # one report per instance, then "ready" with the instances frozen
+            if line.strip() == "ready":
+                break
+            reports.append(json.loads(line))
+        wanted = {r["job_id"] for r in reports if "job_id" in r}
+        deadline = time.monotonic() + settle_seconds
+        while time.monotonic() < deadline and not wanted <= set(target.delivered_job_ids()[before:]):
+            time.sleep(0.05)
+        delivered = len(wanted & set(target.delivered_job_ids()[before:]))
+    finally:
+        helper.stdin.close()  # the helper kills its frozen instances and exits
+        helper.wait(30)
+    failed = [r for r in reports if "job_id" not in r]
+    assert not failed, f"{len(failed)} of {creates} instances failed: {failed[:3]}"
+    assert len(reports) == creates, f"only {len(reports)} of {creates} instances reported a create"
+    return CreateRun([r["elapsed"] for r in reports], [r["job_id"] for r in reports], delivered,
+                     sum(r["unconfirmed"] for r in reports))
+
+
+def _fork_instances(args: Any) -> None:
+    """The helper process: fork `creates` instances in waves of `concurrency`, print
+    one JSON report per instance (or its error), print "ready" once every instance
+    has reported and frozen, then kill them all when stdin closes. It starts no
+    thread itself; each instance's pool starts its own after the fork."""
+    import faulthandler
+    import logging
     import os
     import signal
+    import sys
+    import traceback
 
     from ai_jobs.dispatch import Dispatcher
     from ai_jobs.http import operations
     from ai_jobs.http.auth import Principal
     from ai_jobs.http.schemas import CreateJobRequest
     from ai_jobs.http.services import Services
+    from ai_jobs.registry import load_job_modules
     from ai_jobs.settings import Settings
     from ai_jobs.store.postgres import PostgresStore
 
+    logging.disable(logging.WARNING)  # a lost hand-off is counted in its report; no warning per instance
     settings = Settings(
-        store="postgres", database_url=database_url, worker_url=target.url, worker_secret="handoff-secret",
-        handoff_wait_seconds=wait_seconds, max_active_per_user=100_000,
+        store="postgres", database_url=args.database_url, worker_url=args.url, worker_secret="handoff-secret",
+        handoff_wait_seconds=args.wait_seconds, max_active_per_user=100_000,
     )
-    who = Principal(user_id=user_id, role="authenticated", claims={})
+    registry = load_job_modules(demo=True)  # imported once here, as a warm function has them; the demo type is the job
+    client_context = ssl.create_default_context(cafile=args.cafile)
+    who = Principal(user_id=args.user_id, role="authenticated", claims={})
     body = CreateJobRequest(type="example.countdown", input={"steps": 1, "step_seconds": 0})
-    before = len(target.delivered_job_ids())
 
     def instance(write_end: int) -> None:
-        store = PostgresStore(database_url, min_size=1, max_size=1)
-        svc = Services(settings=settings, store=store)
-        dispatcher = Dispatcher(
-            target.url, "handoff-secret", wait_seconds=wait_seconds, connect_timeout=5.0, verify=target.client_context
-        )
-        svc.__dict__["dispatcher"] = dispatcher  # this instance's hand-off client, trusting the proxy's certificate
-        started = time.perf_counter()
-        result = operations.create_job(svc, who, body, None)
-        elapsed = time.perf_counter() - started
-        store.close()  # only the hand-off is under test; 200 frozen instances would exhaust max_connections
-        report = {"elapsed": elapsed, "job_id": str(result.job.id), "unconfirmed": dispatcher.unconfirmed}
+        try:
+            store = PostgresStore(args.database_url, min_size=1, max_size=1)
+            svc = Services(settings=settings, registry=registry, store=store)
+            dispatcher = Dispatcher(
+                args.url, "handoff-secret", wait_seconds=args.wait_seconds, connect_timeout=5.0, verify=client_context
+            )
+            svc.__dict__["dispatcher"] = dispatcher  # this instance's hand-off client, trusting the proxy's certificate
+            started = time.perf_counter()
+            result = operations.create_job(svc, who, body, None)
+            elapsed = time.perf_counter() - started
+            store.close()  # only the hand-off is under test; 200 frozen instances would exhaust max_connections
+            report: dict[str, Any] = {
+                "elapsed": elapsed, "job_id": str(result.job.id), "unconfirmed": dispatcher.unconfirmed,
+            }
+        except BaseException as exc:  # noqa: BLE001 - reported to the test, which fails with it
+            report = {"error": "".join(traceback.format_exception_only(exc)).strip(), "trace": traceback.format_exc()}
         os.write(write_end, (json.dumps(report) + "\n").encode())
-        os.close(write_end)  # the parent reads until every instance of the wave closed it
-        signal.alarm(0)
+        os.close(write_end)  # the helper reads until every instance of the wave closed it
+        faulthandler.cancel_dump_traceback_later()
         os.kill(os.getpid(), signal.SIGSTOP)  # the response is out: the function is frozen
 
     children: list[int] = []
-    reports: list[dict[str, Any]] = []
     try:
-        for wave in range(0, creates, concurrency):
+        for wave in range(0, args.creates, args.concurrency):
             read_end, write_end = os.pipe()
-            size = min(concurrency, creates - wave)
-            for _ in range(size):
+            for _ in range(min(args.concurrency, args.creates - wave)):
                 pid = os.fork()
                 if pid == 0:  # pragma: no cover - runs in the child
-                    code = 0
-                    # Forked from a threaded process: should a lock another thread held at
-                    # the fork ever block this child, SIGALRM ends it, its pipe end closes
-                    # and the count below fails the test instead of hanging the suite.
-                    signal.alarm(60)
+                    # a hung instance prints every thread's stack to stderr and exits; its
+                    # pipe end closes and the test fails with the count
+                    faulthandler.dump_traceback_later(60, exit=True)
                     try:
                         os.close(read_end)
                         instance(write_end)
-                    except BaseException:  # noqa: BLE001
-                        code = 1
                     finally:
-                        os._exit(code)
+                        os._exit(0)
                 children.append(pid)
             os.close(write_end)
             with os.fdopen(read_end) as lines:
-                reports += [json.loads(line) for line in lines.read().splitlines()]
-            # a wave's pipe closes once each child has reported (and stopped) or died
-        wanted = {r["job_id"] for r in reports}
-        deadline = time.monotonic() + settle_seconds
-        while time.monotonic() < deadline and not wanted <= set(target.delivered_job_ids()[before:]):
-            time.sleep(0.05)
-        delivered = len(wanted & set(target.delivered_job_ids()[before:]))
+                for line in lines.read().splitlines():
+                    print(line, flush=True)
+        print("ready", flush=True)
+        sys.stdin.read()  # until the test has counted the deliveries (or died)
     finally:
         for pid in children:
             try:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-            except ChildProcessError:
+            except (ChildProcessError, ProcessLookupError):
                 pass
-            except ProcessLookupError:
-                pass
-    assert len(reports) == creates, f"only {len(reports)} of {creates} instances reported a create"
-    return CreateRun([r["elapsed"] for r in reports], [r["job_id"] for r in reports], delivered,
-                     sum(r["unconfirmed"] for r in reports))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=_fork_instances.__doc__)
+    parser.add_argument("--database-url", required=True)
+    parser.add_argument("--user-id", required=True)
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--cafile", required=True)
+    parser.add_argument("--creates", type=int, required=True)
+    parser.add_argument("--wait-seconds", type=float, required=True)
+    parser.add_argument("--concurrency", type=int, default=8)
+    _fork_instances(parser.parse_args())
