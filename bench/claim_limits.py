@@ -153,14 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         worker_main(args.worker[0], args.worker[1], Path(args.worker[2]))
         return 0
 
-    import pgserver
+    from bench._throwaway_db import throwaway_database
 
-    from ai_jobs.database.migrations import migrate
-
-    with tempfile.TemporaryDirectory(prefix="ai-jobs-claim-bench-") as tmp:
-        server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="stop")
-        url = server.get_uri()
-        migrate(url)
+    with throwaway_database("cl") as database, tempfile.TemporaryDirectory(prefix="ai-jobs-claim-bench-") as tmp:
+        url = database.url
         with psycopg.connect(url, autocommit=True) as conn:
             users = [str(r[0]) for r in conn.execute(
                 "insert into auth.users (id) select gen_random_uuid() from generate_series(1, %s) returning id",
@@ -174,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{scenario.name:26} {workers} workers: {r['jobs_per_s']:7.0f} jobs/s "
                           f"(max running sampled {r['max_running_sampled']:.0f}, completed {r['completed']:.0f}"
                           f"/{r['jobs']:.0f})", file=sys.stderr, flush=True)
-        server.cleanup()
     print(f"\n{args.jobs} no-op jobs ({max(100, int(args.jobs * 0.2))} for the limit-2 hot key) over {args.users} "
           f"users, batch {BATCH}, "
           f"median of {args.repeat}\n")

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -186,27 +187,20 @@ def main() -> None:
     parser.add_argument("--kill-every", type=float, default=1.0)
     parser.add_argument("--batch", type=int, default=1, help="jobs each worker claims at once (`ai-jobs worker --batch`)")
     args = parser.parse_args()
-    database_url = os.environ.get("DATABASE_URL")
-    server = None
-    if not database_url:
-        import tempfile
+    with ExitStack() as stack:
+        database_url = os.environ.get("DATABASE_URL")
+        if not database_url:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+            from bench._throwaway_db import throwaway_database
 
-        import pgserver
-
-        from ai_jobs.database.migrations import migrate
-
-        server = pgserver.get_server(Path(tempfile.mkdtemp(prefix="crash-")) / "pg", cleanup_mode="delete")
-        database_url = server.get_uri()
-        migrate(database_url)
-    report = run_crash_test(
-        database_url, jobs=args.jobs, steps=args.steps, step_seconds=args.step_seconds, workers=args.workers,
-        max_kills=args.kills, kill_every=args.kill_every, batch=args.batch,
-    )
+            database_url = stack.enter_context(throwaway_database("crash")).url
+        report = run_crash_test(
+            database_url, jobs=args.jobs, steps=args.steps, step_seconds=args.step_seconds, workers=args.workers,
+            max_kills=args.kills, kill_every=args.kill_every, batch=args.batch,
+        )
     for key, value in report.__dict__.items():
         print(f"{key:26} {value}")
     print("RESULT", "ok" if report.ok else "FAILED")
-    if server is not None:
-        server.cleanup()
     sys.exit(0 if report.ok else 1)
 
 

@@ -29,12 +29,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -135,20 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import pgserver
-    from ai_jobs.database.migrations import migrate
+    from bench._throwaway_db import throwaway_database
 
-    data_dir = tempfile.mkdtemp(prefix="fl", dir="/tmp")  # short: the unix socket lives here
     load_start = os.getloadavg()[0]
-    server = pgserver.get_server(data_dir, cleanup_mode="delete")
     rows: list[tuple[str, list[float], list[float]]] = []
-    try:
-        uri = str(server.get_uri())
-        migrate(uri)
-        with psycopg.connect(uri, autocommit=True) as conn:
-            user_id = conn.execute("insert into auth.users (id) values (gen_random_uuid()) returning id").fetchone()[0]  # type: ignore[index]
+    with throwaway_database("fl") as database:
+        uri = database.url
+        user_id = database.add_user()
         steps: list[tuple[str, Callable[[psycopg.Connection], int], Callable[[psycopg.Connection], None] | None]] = [
             ("complete_claim_v1 (the worker before)", fused("ai_jobs_complete_claim_v1"), None),
             ("complete_claim_v2 (the worker now)", fused("ai_jobs_complete_claim_v2"), None),
@@ -168,12 +158,6 @@ def main(argv: list[str] | None = None) -> int:
                 wal.append(wal_bytes)
             rows.append((label, times, wal))
             print(f"  {label}: {statistics.median(times):.0f} us/job", flush=True)
-    finally:
-        try:
-            server.cleanup()
-        except Exception:  # noqa: BLE001
-            pass
-        shutil.rmtree(data_dir, ignore_errors=True)
 
     print()
     print(f"| step ({args.jobs:,} jobs, batch {BATCH}, one connection) | database time per job, us | jobs/s this implies "

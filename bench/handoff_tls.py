@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
-import psycopg
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -26,17 +24,11 @@ def main() -> None:
 
     logging.disable(logging.WARNING)  # one warning per lost hand-off otherwise
     creates = int(sys.argv[1]) if len(sys.argv) > 1 else 200
-    import pgserver
+    from bench._throwaway_db import throwaway_database
 
-    from ai_jobs.database.migrations import migrate
-
-    with tempfile.TemporaryDirectory(prefix="ai-jobs-bench-") as folder:
-        server = pgserver.get_server(Path(folder) / "pg", cleanup_mode="delete")
-        url = server.get_uri()
-        migrate(url)
-        user = uuid.uuid4()
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("insert into auth.users (id, email) values (%s, 'bench@example.com')", (user,))
+    with throwaway_database("tls") as database, tempfile.TemporaryDirectory(prefix="ai-jobs-bench-") as folder:
+        url = database.url
+        user = database.add_user()
         target = HandoffTarget(Path(folder), connect_delay=0.15)
         print("| hand-off bound | creates | create p50 ms | create p95 ms | delivered |")
         print("|---|---|---|---|---|")
@@ -48,7 +40,6 @@ def main() -> None:
                       f"| {run.delivered}/{creates} ({100 * run.delivered / creates:.0f} %) |", flush=True)
         finally:
             target.close()
-            server.cleanup()
 
 
 if __name__ == "__main__":

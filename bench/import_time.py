@@ -39,16 +39,15 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import warnings
+from contextlib import ExitStack
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "vercel"))
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "vercel")]
 
 import build_check  # noqa: E402 - tests/vercel/build_check.py: the same build and bundle as make vercel-build
 
@@ -176,24 +175,18 @@ def main(argv: list[str] | None = None) -> int:
     import jwt
     import psycopg
 
-    from ai_jobs.database.migrations import migrate
+    from bench._throwaway_db import throwaway_database
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import pgserver
-
-        data_dir = tempfile.mkdtemp(prefix="it", dir="/tmp")  # short: the unix socket lives here
-        server = pgserver.get_server(data_dir, cleanup_mode="delete")
+    stack = ExitStack()
+    database = stack.enter_context(throwaway_database("it"))
     worker = ThreadingHTTPServer(("127.0.0.1", 0), _Worker)
     threading.Thread(target=worker.serve_forever, daemon=True).start()
     variants: list[tuple[str, Path]] = []
     out: dict[str, Any] = {"runs": args.runs, "cpus": os.cpu_count(), "load_avg_start": os.getloadavg(),
                            "variants": {}}
     try:
-        uri = str(server.get_uri())
-        migrate(uri)
-        with psycopg.connect(uri, autocommit=True) as conn:
-            user_id = conn.execute("insert into auth.users (id) values (gen_random_uuid()) returning id").fetchone()[0]  # type: ignore[index]
+        uri = database.url
+        user_id = database.add_user()
         secret = "bench-import-time-secret-0123456789abcdef"
         token = jwt.encode({"sub": str(user_id), "role": "authenticated", "aud": "authenticated",
                             "exp": int(time.time()) + 3600}, secret, algorithm="HS256")
@@ -250,11 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         worker.shutdown()
         for _, func_dir in variants:
             shutil.rmtree(func_dir, ignore_errors=True)
-        try:
-            server.cleanup()
-        except Exception:  # noqa: BLE001
-            pass
-        shutil.rmtree(data_dir, ignore_errors=True)
+        stack.close()
     out["load_avg_end"] = os.getloadavg()
 
     print()

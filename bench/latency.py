@@ -25,7 +25,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -224,16 +223,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--skip-pgqueuer", action="store_true", help="without PgQueuer (not installed)")
     args = parser.parse_args()
-    import pgserver
+    from bench._throwaway_db import throwaway_database
 
-    from ai_jobs.database.migrations import migrate
+    with throwaway_database("lat") as database:
+        measure(database.url, database.add_user(), args)
 
-    server = pgserver.get_server(Path(tempfile.mkdtemp(prefix="lat-")) / "pg", cleanup_mode="delete")
-    database_url = server.get_uri()
-    migrate(database_url)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        user = str(conn.execute("insert into auth.users (id) values (gen_random_uuid()) returning id").fetchone()[0])
 
+def measure(database_url: str, user: str, args: argparse.Namespace) -> None:
     load_start = os.getloadavg()
     p50, p95 = handoff_path(args.jobs)
     print("| enqueue -> start | p50 ms | p95 ms |\n|---|---|---|")
@@ -255,7 +251,6 @@ def main() -> None:
         print(f"| {label} | {total} | {breakdown} |")
     seconds = recovery(database_url, user)
     print(f"\nrecovery after SIGKILL (30 s lease, heartbeat every 10 s): job running again after {seconds:.1f} s")
-    server.cleanup()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -68,36 +67,34 @@ def realtime_send() -> dict[str, float]:
 
 
 def rest_broadcast() -> dict[str, float]:
-    import pgserver
-
-    from ai_jobs.database.migrations import migrate
     from ai_jobs.localstack import mint_service_key
     from ai_jobs.localstack.edge import SupabaseEdge
     from ai_jobs.localstack.feed import install_feed
+    from bench._throwaway_db import throwaway_database
 
-    server = pgserver.get_server(tempfile.mkdtemp(prefix="ai-jobs-live-cost-"), cleanup_mode="stop")
-    url = server.get_uri()
-    migrate(url)
-    install_feed(url)
-    secret = "live-output-cost-secret-with-more-than-32-characters"
-    edge = SupabaseEdge(url, secret, access_log=False)
-    edge.start()
-    key = mint_service_key(secret)
+    with throwaway_database("lc") as database:
+        install_feed(database.url)
+        secret = "live-output-cost-secret-with-more-than-32-characters"
+        edge = SupabaseEdge(database.url, secret, access_log=False)
+        edge.start()
+        try:
+            return _time_broadcasts(edge.url, mint_service_key(secret))
+        finally:
+            edge.stop()
+
+
+def _time_broadcasts(edge_url: str, key: str) -> dict[str, float]:
     payload = _payload()
-    try:
-        with httpx.Client(headers={"apikey": key, "Authorization": f"Bearer {key}"}) as client:
-            times = []
-            for _ in range(N):
-                began = time.perf_counter()
-                response = client.post(f"{edge.url}/realtime/v1/api/broadcast", json={"messages": [
-                    {"topic": f"ai-jobs-live:{payload['job']}", "event": "output", "payload": payload, "private": True}]})
-                times.append(time.perf_counter() - began)
-                assert response.status_code == 202
-        return {"ms_p50": round(statistics.median(times) * 1000, 3), "ms_p95": round(_p(times, 0.95), 3),
-                "rows_written_per_message": 0}
-    finally:
-        edge.stop()
-        server.cleanup()
+    with httpx.Client(headers={"apikey": key, "Authorization": f"Bearer {key}"}) as client:
+        times = []
+        for _ in range(N):
+            began = time.perf_counter()
+            response = client.post(f"{edge_url}/realtime/v1/api/broadcast", json={"messages": [
+                {"topic": f"ai-jobs-live:{payload['job']}", "event": "output", "payload": payload, "private": True}]})
+            times.append(time.perf_counter() - began)
+            assert response.status_code == 202
+    return {"ms_p50": round(statistics.median(times) * 1000, 3), "ms_p95": round(_p(times, 0.95), 3),
+            "rows_written_per_message": 0}
 
 
 def main() -> None:

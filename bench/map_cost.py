@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -124,11 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--doc-tokens", type=int, default=99_000, help="document size (the input allows 400,000 chars)")
     args = p.parse_args(argv)
 
-    import pgserver
-    import psycopg
-
-    from ai_jobs.database.migrations import migrate
     from ai_jobs.store.postgres import PostgresStore
+    from bench._throwaway_db import throwaway_database
 
     os.environ.update({"ANTHROPIC_API_KEY": "sk-ant-bench", "AI_JOBS_MODEL": MODEL,
                        "AI_JOBS_MAP_BATCH_API_POLL_SECONDS": "1"})
@@ -138,18 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     doc = document(args.doc_tokens)
     items = [f"requirement {i}: files shared outside the workspace expire" for i in range(args.items)]
     rows = []
-    with tempfile.TemporaryDirectory(prefix="ai-jobs-map-cost-") as tmp:
-        server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="stop")
-        url = server.get_uri()
-        migrate(url)
-        with psycopg.connect(url, autocommit=True) as conn:
-            row = conn.execute("insert into auth.users (id) values (gen_random_uuid()) returning id").fetchone()
-            user = str(row[0])
+    with throwaway_database("mc") as database:
+        url, user = database.url, database.add_user()
         with PostgresStore(url, max_size=2) as store:
             for name, env, extra in SCENARIOS:
                 rows.append(run_scenario(store, url, user, name, env, extra, doc, items, args.batch_size))
                 print(f"{name}: ${rows[-1]['recorded_usd']:.4f} in {rows[-1]['seconds']} s", file=sys.stderr)
-        server.cleanup()
 
     base = rows[0]["recorded_usd"]
     calls = -(-args.items // args.batch_size)

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -117,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--doc-tokens", type=int, default=20_000)
     args = p.parse_args(argv)
 
-    import pgserver
-    import psycopg
-
-    from ai_jobs.database.migrations import migrate
+    from bench._throwaway_db import throwaway_database
     from bench.map_cost import document
 
     os.environ.update({"ANTHROPIC_API_KEY": "sk-ant-bench", "AI_JOBS_MODEL": MODEL, "AI_JOBS_USER_CONCURRENCY": "0"})
@@ -135,17 +131,11 @@ def main(argv: list[str] | None = None) -> int:
          {"AI_JOBS_MAP_FAN_OUT_MIN_BATCHES": "2", "AI_JOBS_MAP_PARALLELISM": str(args.parallelism)}),
     ]
     rows = []
-    with tempfile.TemporaryDirectory(prefix="ai-jobs-map-parallel-") as tmp:
-        server = pgserver.get_server(Path(tmp) / "pg", cleanup_mode="stop")
-        url = server.get_uri()
-        migrate(url)
-        with psycopg.connect(url, autocommit=True) as conn:
-            row = conn.execute("insert into auth.users (id) values (gen_random_uuid()) returning id").fetchone()
-            user = str(row[0])
+    with throwaway_database("mp") as database:
+        url, user = database.url, database.add_user()
         for name, env in scenarios:
             rows.append(run_scenario(url, user, name, env, doc, items, args.batch_size, args.call_seconds))
             print(f"{name}: {rows[-1]['seconds']} s, ${rows[-1]['recorded_usd']:.6f}", file=sys.stderr)
-        server.cleanup()
 
     calls = -(-args.items // args.batch_size)
     print(f"\n{args.items} items, batch_size {args.batch_size} ({calls} requests of {args.call_seconds:g} s), "

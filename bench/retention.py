@@ -37,7 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,7 @@ class ServerCpu:
     """CPU seconds used by one PostgreSQL server: the postmaster, its live children
     and (through cutime/cstime) the backends that have exited. Linux /proc only."""
 
-    def __init__(self, data_dir: str) -> None:
+    def __init__(self, data_dir: Path) -> None:
         self.postmaster = int((Path(data_dir) / "postmaster.pid").read_text().split()[0])
         self.tick = os.sysconf("SC_CLK_TCK")
 
@@ -225,18 +225,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tp_args = tp.parse_args(["--jobs", str(args.jobs)])  # the harness defaults (gate, sampling, timeouts)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import pgserver
+    from bench._throwaway_db import throwaway_database
 
-        data_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")  # short: the unix socket lives here
-        server = pgserver.get_server(data_dir, cleanup_mode="delete")
+    stack = ExitStack()
+    database = stack.enter_context(throwaway_database("rt", migrated=False))  # the harness's install migrates
     log_dir = Path(tempfile.mkdtemp(prefix="rtlogs", dir="/tmp"))
     started = time.perf_counter()
     out: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                            "cpus": os.cpu_count(), "load_avg_start": os.getloadavg()}
     try:
-        uri = str(server.get_uri())
+        uri = database.url
         with psycopg.connect(uri, autocommit=True) as conn:
             out["postgres"] = conn.execute("show server_version").fetchone()[0]  # type: ignore[index]
             out["autovacuum"] = conn.execute("show autovacuum").fetchone()[0]  # type: ignore[index]
@@ -245,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         system.install()
         print(f"embedded PostgreSQL {out['postgres']}; ai-jobs worker {json.dumps(system.settings)}", flush=True)
 
-        cpu = ServerCpu(data_dir)
+        cpu = ServerCpu(database.data_dir)
         runs = measure(system, "empty", args, tp_args, log_dir, cpu)
         out["stats_empty"] = table_stats(uri)
 
@@ -271,11 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         out["vacuum_after_churn_s"] = round(vacuum(uri), 2)
         out["runs"] = runs
     finally:
-        try:
-            server.cleanup()
-        except Exception:  # noqa: BLE001
-            pass
-        shutil.rmtree(data_dir, ignore_errors=True)
+        stack.close()
         shutil.rmtree(log_dir, ignore_errors=True)
     out["total_s"] = round(time.perf_counter() - started, 1)
 

@@ -56,7 +56,7 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -956,31 +956,27 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import pgserver
+    from bench._throwaway_db import throwaway_database
 
     opts = Options(args.ai_jobs_batch, args.ai_jobs_poll_interval, args.pgq_batch_size, args.procrastinate_concurrency,
                    args.pgmq_batch_size, args.dbos_worker_concurrency, args.dbos_polling_interval,
                    args.ai_jobs_concurrency[0])
     load_at_start = os.getloadavg()
-    data_dir = tempfile.mkdtemp(prefix="tp", dir="/tmp")  # short: the unix socket lives here
     log_dir = Path(tempfile.mkdtemp(prefix="tplogs", dir="/tmp"))
     started = dt.datetime.now(dt.timezone.utc)
     t_start = time.perf_counter()
     results: list[RunResult] = []
     enqueues: list[EnqueueResult] = []
     systems: list[System] = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        server = pgserver.get_server(data_dir, cleanup_mode="delete")
+    stack = ExitStack()
+    database = stack.enter_context(throwaway_database("tp", migrated=False))  # each system installs its schema
     try:
-        uri = str(server.get_uri())
+        uri = database.url
         with psycopg.connect(uri, autocommit=True) as conn:
             pg_version = conn.execute("show server_version").fetchone()[0]  # type: ignore[index]
             pg_settings = {name: conn.execute(f"show {name}").fetchone()[0]  # type: ignore[index]
                            for name in ("shared_buffers", "synchronous_commit", "fsync", "max_connections")}
-        print(f"embedded PostgreSQL {pg_version} at {data_dir}", flush=True)
+        print(f"embedded PostgreSQL {pg_version} at {database.data_dir}", flush=True)
         for key in args.systems:
             system = make_system(key, uri, opts)
             system.install()
@@ -1033,11 +1029,7 @@ def main(argv: list[str] | None = None) -> int:
                     except Exception as exc:  # noqa: BLE001
                         print(f"  cleanup failed: {exc!r}", flush=True)
     finally:
-        try:
-            server.cleanup()
-        except Exception:  # noqa: BLE001
-            pass
-        shutil.rmtree(data_dir, ignore_errors=True)
+        stack.close()
 
     summaries = summarize(results, [s.key for s in systems], args.workers)
     print()
