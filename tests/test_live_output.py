@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from ai_jobs.registry import load_job_modules
 from ai_jobs.runner import Runner
 from ai_jobs.store.postgres import PostgresStore
 from tests.anthropic_wire import FakeAnthropicServer, paced, sse_events
+from tests.realtime_socket import RealtimeSocket, add_user, open_websocket, run_in_thread
 
 SECRET = "live-output-test-secret-with-more-than-32-characters"
 
@@ -87,32 +87,6 @@ def fake(monkeypatch: pytest.MonkeyPatch, edge: SupabaseEdge) -> Iterator[FakeAn
     reset_clients()
 
 
-def _run(coro: Any) -> Any:
-    """asyncio.run on a thread of its own: Playwright's sync API (the browser tests of the
-    same `make test` session) keeps an event loop running on the main thread."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = asyncio.run(coro)
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the test's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
-
-
-def _user(url: str) -> uuid.UUID:
-    user = uuid.uuid4()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("insert into auth.users (id, email) values (%s, %s)", (user, f"{user.hex[:8]}@example.com"))
-    return user
-
-
 def _writes(url: str, job: uuid.UUID) -> int:
     """Row writes to the job (the dev feed's trigger records each INSERT/UPDATE/DELETE)."""
     with psycopg.connect(url) as conn:
@@ -120,50 +94,24 @@ def _writes(url: str, job: uuid.UUID) -> int:
                             (str(job),)).fetchone()[0]
 
 
-class Socket:
-    """A realtime-js-shaped websocket client (vsn 2.0.0 array frames)."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.frames: list[tuple[float, list[Any]]] = []
-        self._reader = asyncio.ensure_future(self._read())
-        self._ref = 0
-
-    async def _read(self) -> None:
-        async for msg in self.ws:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                self.frames.append((time.monotonic(), json.loads(msg.data)))
-
-    async def push(self, topic: str, event: str, payload: dict[str, Any]) -> str:
-        self._ref += 1
-        await self.ws.send_str(json.dumps(["1", str(self._ref), topic, event, payload]))
-        return str(self._ref)
+class Socket(RealtimeSocket):
+    """Joins a broadcast channel (a job's live output), as the browser client does."""
 
     async def join(self, name: str, token: str, *, private: bool = True, ack: bool = False) -> dict[str, Any]:
         ref = await self.push(f"realtime:{name}", "phx_join", {
             "config": {"broadcast": {"ack": ack, "self": False}, "presence": {"key": "", "enabled": False},
                        "postgres_changes": [], "private": private},
             "access_token": token})
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            for _, frame in self.frames:
-                if frame[3] == "phx_reply" and frame[1] == ref:
-                    return frame[4]
-            await asyncio.sleep(0.01)
-        raise AssertionError("no join reply")
+        reply = await self.wait_for(lambda frame: frame[3] == "phx_reply" and frame[1] == ref)
+        return reply[4]
 
     def broadcasts(self) -> list[tuple[float, dict[str, Any]]]:
-        return [(at, f[4]) for at, f in self.frames if f[3] == "broadcast"]
-
-    async def close(self) -> None:
-        await self.ws.close()
-        self._reader.cancel()
+        """(arrival time, payload) of each broadcast received."""
+        return [(at, f[4]) for at, f in zip(self.arrived, self.frames) if f[3] == "broadcast"]
 
 
 async def _connect(session: aiohttp.ClientSession, edge: SupabaseEdge) -> Socket:
-    ws = await session.ws_connect(f"{edge.url.replace('http', 'ws')}/realtime/v1/websocket"
-                                  f"?apikey={mint_anon_key(SECRET)}&vsn=2.0.0")
-    return Socket(ws)
+    return Socket(await open_websocket(session, edge.url, mint_anon_key(SECRET)))
 
 
 def _words(tokens: int) -> str:
@@ -248,7 +196,7 @@ def test_live_settings_are_checked() -> None:
 
 def test_owner_sees_text_grow_others_see_nothing_and_browsers_cannot_send(
         edge: SupabaseEdge, store: PostgresStore, feed_db: str, fake: FakeAnthropicServer) -> None:
-    owner, other = _user(feed_db), _user(feed_db)
+    owner, other = add_user(feed_db), add_user(feed_db)
     text = _words(600)
     fake.replies = [_reply(text, tokens=600, chunks=120, seconds=2.0)]
     registry = load_job_modules()
@@ -278,7 +226,7 @@ def test_owner_sees_text_grow_others_see_nothing_and_browsers_cannot_send(
                 await sock.close()
             return mine, public, joined, refused, took
 
-    mine, public, joined, refused, took = _run(scenario())
+    mine, public, joined, refused, took = run_in_thread(scenario())
     job = store.get(job_id)
     assert job.status is JobStatus.COMPLETED, job.error
     assert joined["status"] == "ok"
@@ -301,7 +249,7 @@ def test_owner_sees_text_grow_others_see_nothing_and_browsers_cannot_send(
 
 def test_database_writes_do_not_grow_with_tokens(
         edge: SupabaseEdge, store: PostgresStore, feed_db: str, fake: FakeAnthropicServer) -> None:
-    owner = _user(feed_db)
+    owner = add_user(feed_db)
     results: dict[int, tuple[int, int]] = {}
     for tokens, chunks in ((200, 40), (2000, 400)):
         before = sum(edge.broadcast_api_messages.values())
@@ -320,7 +268,7 @@ def test_database_writes_do_not_grow_with_tokens(
 
 def test_extract_streams_growing_json(
         edge: SupabaseEdge, store: PostgresStore, feed_db: str, fake: FakeAnthropicServer) -> None:
-    owner = _user(feed_db)
+    owner = add_user(feed_db)
     value = {"name": "Ada Lovelace", "topics": [f"topic number {i}" for i in range(30)]}
     body = json.dumps(value)
     fake.replies = [_reply(body, tokens=300, chunks=60, seconds=1.5)]
@@ -339,7 +287,7 @@ def test_extract_streams_growing_json(
             await mine.close()
             return mine
 
-    messages = [p["payload"] for _, p in _run(scenario()).broadcasts()]
+    messages = [p["payload"] for _, p in run_in_thread(scenario()).broadcasts()]
     job = store.get(job_id)
     assert job.status is JobStatus.COMPLETED, job.error
     assert all(m["format"] == "json" for m in messages) and len(messages) >= 5
@@ -368,7 +316,7 @@ def test_a_hanging_realtime_never_slows_the_call(
         caplog: pytest.LogCaptureFixture) -> None:
     from ai_jobs.claude import live
 
-    owner = _user(feed_db)
+    owner = add_user(feed_db)
     stall = _Stall()
     try:
         monkeypatch.setenv("AI_JOBS_REALTIME_URL", stall.url)
@@ -396,7 +344,7 @@ def test_a_hanging_realtime_never_slows_the_call(
 
 
 def test_edge_broadcast_endpoint_and_private_joins(edge: SupabaseEdge, feed_db: str) -> None:
-    owner, other = _user(feed_db), _user(feed_db)
+    owner, other = add_user(feed_db), add_user(feed_db)
     with psycopg.connect(feed_db, autocommit=True) as conn:
         job = conn.execute("insert into public.ai_jobs (user_id, job_type, input) values (%s, 'ai.generate', '{}') "
                            "returning id", (owner,)).fetchone()[0]
@@ -425,11 +373,11 @@ def test_edge_broadcast_endpoint_and_private_joins(edge: SupabaseEdge, feed_db: 
                     {"topic": name, "event": "output", "payload": {"delta": "after"}, "private": True}]}) as r:
                 out["after_status"] = r.status
             await asyncio.sleep(0.2)
-            out["frames"] = [f for _, f in sock.frames]
+            out["frames"] = list(sock.frames)
             await sock.close()
         return out
 
-    out = _run(scenario())
+    out = run_in_thread(scenario())
     assert (out["bad_key"], out["empty"], out["not_object"]) == (401, 422, 422)
     assert out["anon"]["status"] == "error" and out["foreign_topic"]["status"] == "error"
     assert out["owner"]["status"] == "ok"
@@ -441,7 +389,7 @@ def test_edge_broadcast_endpoint_and_private_joins(edge: SupabaseEdge, feed_db: 
 def test_status_over_broadcast_from_the_database_under_dev(edge: SupabaseEdge, feed_db: str, database_url: str) -> None:
     """The opt-in status trigger calls realtime.send; under `ai-jobs dev` that is the
     feed's stand-in, which the edge delivers on the private topic (owner only)."""
-    owner, other = _user(feed_db), _user(feed_db)
+    owner, other = add_user(feed_db), add_user(feed_db)
     with psycopg.connect(feed_db, autocommit=True) as conn:
         job = conn.execute("insert into public.ai_jobs (user_id, job_type, input) values (%s, 'ai.generate', '{}') "
                            "returning id", (owner,)).fetchone()[0]
@@ -463,7 +411,7 @@ def test_status_over_broadcast_from_the_database_under_dev(edge: SupabaseEdge, f
             return mine, refused
 
     try:
-        mine, refused = _run(scenario())
+        mine, refused = run_in_thread(scenario())
     finally:
         with psycopg.connect(feed_db, autocommit=True) as conn:
             conn.execute("select public.ai_jobs_status_broadcast_v1(false)")

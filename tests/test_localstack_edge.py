@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +21,7 @@ from ai_jobs.devtools import mint_token
 from ai_jobs.localstack import mint_anon_key
 from ai_jobs.localstack.edge import SupabaseEdge
 from ai_jobs.localstack.feed import install_feed, remove_feed
+from tests.realtime_socket import RealtimeSocket, add_user, open_websocket, run_in_thread
 
 SECRET = "localstack-test-secret-with-more-than-32-characters"
 
@@ -50,13 +49,6 @@ def edge(feed_db: str) -> Iterator[SupabaseEdge]:
     server.stop()
 
 
-def _user(url: str) -> uuid.UUID:
-    user = uuid.uuid4()
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("insert into auth.users (id, email) values (%s, %s)", (user, f"{user.hex[:8]}@example.com"))
-    return user
-
-
 def _job(url: str, owner: uuid.UUID) -> uuid.UUID:
     with psycopg.connect(url, autocommit=True) as conn:
         row = conn.execute(
@@ -71,24 +63,8 @@ def _sql(url: str, statement: str, *params: Any) -> None:
         conn.execute(statement, params)
 
 
-class Socket:
-    """A realtime-js-shaped client: vsn 2.0.0 array frames."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.frames: list[list[Any]] = []
-        self._reader = asyncio.ensure_future(self._read())
-        self._ref = 0
-
-    async def _read(self) -> None:
-        async for msg in self.ws:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                self.frames.append(json.loads(msg.data))
-
-    async def push(self, topic: str, event: str, payload: dict[str, Any], join_ref: str | None = "1") -> str:
-        self._ref += 1
-        await self.ws.send_str(json.dumps([join_ref, str(self._ref), topic, event, payload]))
-        return str(self._ref)
+class Socket(RealtimeSocket):
+    """Joins a job's postgres_changes channel, as the browser client does."""
 
     async def join(self, job_id: uuid.UUID, token: str, *, topic: str | None = None) -> str:
         topic = topic or f"realtime:ai-jobs:{job_id}"
@@ -99,49 +75,13 @@ class Socket:
                                             "access_token": token})
         return topic
 
-    def events(self, event: str) -> list[list[Any]]:
-        return [f for f in self.frames if f[3] == event]
-
-    async def wait_for(self, predicate: Any, timeout: float = 5) -> list[Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for frame in self.frames:
-                if predicate(frame):
-                    return frame
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"no such frame within {timeout} s; got {self.frames}")
-
-    async def close(self) -> None:
-        await self.ws.close()
-        self._reader.cancel()
-
 
 async def _connect(session: aiohttp.ClientSession, edge: SupabaseEdge, apikey: str) -> Socket:
-    ws = await session.ws_connect(f"{edge.url.replace('http', 'ws')}/realtime/v1/websocket?apikey={apikey}&vsn=2.0.0")
-    return Socket(ws)
-
-
-def _run(coro: Any) -> Any:
-    """asyncio.run on a thread of its own: Playwright's sync API (the browser tests of the
-    same `make test` session) keeps an event loop running on the main thread."""
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = asyncio.run(coro)
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the test's thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome.get("value")
+    return Socket(await open_websocket(session, edge.url, apikey))
 
 
 def test_join_reply_then_system_message_then_changes_only_to_the_owner(edge: SupabaseEdge, feed_db: str) -> None:
-    owner, other = _user(feed_db), _user(feed_db)
+    owner, other = add_user(feed_db), add_user(feed_db)
     job = _job(feed_db, owner)
 
     async def scenario() -> tuple[Socket, Socket]:
@@ -161,7 +101,7 @@ def test_join_reply_then_system_message_then_changes_only_to_the_owner(edge: Sup
                 await sock.close()
             return mine, theirs
 
-    mine, theirs = _run(scenario())
+    mine, theirs = run_in_thread(scenario())
     # order as the server: the join reply (with the binding ids), then "Subscribed to PostgreSQL"
     reply, system = mine.frames[0], mine.frames[1]
     assert reply[3] == "phx_reply" and reply[4]["status"] == "ok"
@@ -183,7 +123,7 @@ def test_join_reply_then_system_message_then_changes_only_to_the_owner(edge: Sup
 
 
 def test_delete_carries_only_the_key_and_is_not_rls_filtered(edge: SupabaseEdge, feed_db: str) -> None:
-    owner, other = _user(feed_db), _user(feed_db)
+    owner, other = add_user(feed_db), add_user(feed_db)
     job = _job(feed_db, owner)
 
     async def scenario() -> Socket:
@@ -196,13 +136,13 @@ def test_delete_carries_only_the_key_and_is_not_rls_filtered(edge: SupabaseEdge,
             await theirs.close()
             return theirs
 
-    (change,) = _run(scenario()).events("postgres_changes")
+    (change,) = run_in_thread(scenario()).events("postgres_changes")
     data = change[4]["data"]
     assert data["type"] == "DELETE" and data["old_record"] == {"id": str(job)} and "record" not in data
 
 
 def test_a_record_over_1_mb_arrives_truncated_with_413(edge: SupabaseEdge, feed_db: str) -> None:
-    owner = _user(feed_db)
+    owner = add_user(feed_db)
     job = _job(feed_db, owner)
 
     async def scenario() -> Socket:
@@ -216,7 +156,7 @@ def test_a_record_over_1_mb_arrives_truncated_with_413(edge: SupabaseEdge, feed_
             await mine.close()
             return mine
 
-    (change,) = _run(scenario()).events("postgres_changes")
+    (change,) = run_in_thread(scenario()).events("postgres_changes")
     data = change[4]["data"]
     assert data["errors"] == ["Error 413: Payload Too Large"]
     assert "result" not in data["record"] and data["record"]["status"] == "completed"
@@ -226,7 +166,7 @@ def test_a_record_over_1_mb_arrives_truncated_with_413(edge: SupabaseEdge, feed_
 def test_a_change_before_the_subscription_is_live_is_missed_as_on_the_server(feed_db: str) -> None:
     """Between the join reply and "Subscribed to PostgreSQL" nothing is delivered:
     a client must re-read after the system message."""
-    owner = _user(feed_db)
+    owner = add_user(feed_db)
     job = _job(feed_db, owner)
     slow = SupabaseEdge(feed_db, SECRET, subscribe_delay=1.0, access_log=False)
     slow.start()
@@ -245,7 +185,7 @@ def test_a_change_before_the_subscription_is_live_is_missed_as_on_the_server(fee
             return mine
 
     try:
-        mine = _run(scenario())
+        mine = run_in_thread(scenario())
     finally:
         slow.stop()
     messages = [f[4]["data"]["record"]["progress_message"] for f in mine.events("postgres_changes")]
@@ -253,7 +193,7 @@ def test_a_change_before_the_subscription_is_live_is_missed_as_on_the_server(fee
 
 
 def test_an_expired_token_gets_a_system_error_then_phx_close(edge: SupabaseEdge, feed_db: str) -> None:
-    owner = _user(feed_db)
+    owner = add_user(feed_db)
     job = _job(feed_db, owner)
 
     async def scenario() -> tuple[Socket, Socket, Socket]:
@@ -278,7 +218,7 @@ def test_an_expired_token_gets_a_system_error_then_phx_close(edge: SupabaseEdge,
                 await sock.close()
             return short, pushed, late
 
-    short, pushed, late = _run(scenario())
+    short, pushed, late = run_in_thread(scenario())
     for sock in (short, pushed):
         errors = [f for f in sock.events("system") if f[4]["extension"] == "system"]
         assert errors and errors[0][4]["status"] == "error" and "Token has expired" in errors[0][4]["message"]
@@ -289,7 +229,7 @@ def test_an_expired_token_gets_a_system_error_then_phx_close(edge: SupabaseEdge,
 
 
 def test_a_bad_apikey_is_refused_and_leave_is_answered(edge: SupabaseEdge, feed_db: str) -> None:
-    owner = _user(feed_db)
+    owner = add_user(feed_db)
     job = _job(feed_db, owner)
 
     async def scenario() -> tuple[int, Socket]:
@@ -310,13 +250,13 @@ def test_a_bad_apikey_is_refused_and_leave_is_answered(edge: SupabaseEdge, feed_
             await sock.close()
             return status, sock
 
-    status, sock = _run(scenario())
+    status, sock = run_in_thread(scenario())
     assert status == 403
     assert sock.events("postgres_changes") == []
 
 
 def test_rest_read_runs_as_the_caller_with_rls(edge: SupabaseEdge, feed_db: str) -> None:
-    owner, other = _user(feed_db), _user(feed_db)
+    owner, other = add_user(feed_db), add_user(feed_db)
     job = _job(feed_db, owner)
     anon = mint_anon_key(SECRET)
 
@@ -335,32 +275,32 @@ def test_rest_read_runs_as_the_caller_with_rls(edge: SupabaseEdge, feed_db: str)
             return response.status, dict(response.headers)
 
     before = edge.rest_reads[str(job)]
-    status, body, headers = _run(get(mint_token(SECRET, owner), f"select=id,status,progress&id=eq.{job}"))
+    status, body, headers = run_in_thread(get(mint_token(SECRET, owner), f"select=id,status,progress&id=eq.{job}"))
     assert status == 200 and body == [{"id": str(job), "status": "pending", "progress": 0}]
     assert headers["Access-Control-Allow-Origin"] == "*"
-    assert _run(get(mint_token(SECRET, other), f"select=id,status&id=eq.{job}"))[:2] == (200, [])
+    assert run_in_thread(get(mint_token(SECRET, other), f"select=id,status&id=eq.{job}"))[:2] == (200, [])
     assert edge.rest_reads[str(job)] - before == 2
     # .single(): one object, or 406
-    status, body, _ = _run(get(mint_token(SECRET, owner), f"select=id&id=eq.{job}", "application/vnd.pgrst.object+json"))
+    status, body, _ = run_in_thread(get(mint_token(SECRET, owner), f"select=id&id=eq.{job}", "application/vnd.pgrst.object+json"))
     assert (status, body) == (200, {"id": str(job)})
-    status, body, _ = _run(get(mint_token(SECRET, other), f"select=id&id=eq.{job}", "application/vnd.pgrst.object+json"))
+    status, body, _ = run_in_thread(get(mint_token(SECRET, other), f"select=id&id=eq.{job}", "application/vnd.pgrst.object+json"))
     assert status == 406 and body["code"] == "PGRST116"
     # a column authenticated may not select
-    status, body, _ = _run(get(mint_token(SECRET, owner), f"select=id,locked_by&id=eq.{job}"))
+    status, body, _ = run_in_thread(get(mint_token(SECRET, owner), f"select=id,locked_by&id=eq.{job}"))
     assert status == 403 and body["code"] == "42501"
     # bad and expired tokens: PostgREST's 401s
-    status, body, _ = _run(get(mint_token("another-secret-of-at-least-32-characters!!", owner), f"id=eq.{job}"))
+    status, body, _ = run_in_thread(get(mint_token("another-secret-of-at-least-32-characters!!", owner), f"id=eq.{job}"))
     assert status == 401 and body["code"] == "PGRST301"
-    status, body, _ = _run(get(mint_token(SECRET, owner, ttl_seconds=-5), f"id=eq.{job}"))
+    status, body, _ = run_in_thread(get(mint_token(SECRET, owner, ttl_seconds=-5), f"id=eq.{job}"))
     assert status == 401 and body["code"] == "PGRST303" and body["message"] == "JWT expired"
     # anon (no user token) may not read the table at all
-    status, body, _ = _run(get(None, f"select=id&id=eq.{job}"))
+    status, body, _ = run_in_thread(get(None, f"select=id&id=eq.{job}"))
     assert status == 401 and body["code"] == "42501"
     # malformed input: 400, never a 500
-    assert _run(get(mint_token(SECRET, owner), "select=id&id=eq.not-a-uuid"))[0] == 400
-    assert _run(get(mint_token(SECRET, owner), "select=id;drop&id=eq.x"))[0] == 400
-    assert _run(get(mint_token(SECRET, owner), "select=id&id=like.x"))[0] == 400
-    status, headers = _run(preflight())
+    assert run_in_thread(get(mint_token(SECRET, owner), "select=id&id=eq.not-a-uuid"))[0] == 400
+    assert run_in_thread(get(mint_token(SECRET, owner), "select=id;drop&id=eq.x"))[0] == 400
+    assert run_in_thread(get(mint_token(SECRET, owner), "select=id&id=like.x"))[0] == 400
+    status, headers = run_in_thread(preflight())
     assert status == 200 and headers["Access-Control-Allow-Origin"] == "*"
     assert "accept-profile" in headers["Access-Control-Allow-Headers"]
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+JS = Path(__file__).resolve().parent / "js"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
     "--disable-sync", "--disable-quic", "--no-first-run",
@@ -57,3 +59,15 @@ def screenshot(page, name: str) -> Path:  # type: ignore[no-untyped-def]
     path = ARTIFACTS / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     return path
+
+
+def bundle_jsx(entry: str, out: Path) -> str:
+    """Bundle tests/browser/js/<entry> (a React app importing public/ai-jobs-react.js)
+    for the browser with esbuild, as an app's build would; the bundle's source."""
+    build = subprocess.run(
+        [str(JS / "node_modules" / ".bin" / "esbuild"), str(JS / entry), "--bundle", "--format=esm",
+         "--jsx=automatic", "--define:process.env.NODE_ENV=\"development\"", f"--outfile={out}"],
+        cwd=JS, capture_output=True, text=True, env={"NODE_PATH": str(JS / "node_modules"), "PATH": "/usr/bin:/bin"},
+    )
+    assert build.returncode == 0, build.stderr
+    return out.read_text()

@@ -5,7 +5,6 @@ checked with tsc against a usage file."""
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import httpx
 import pytest
 
 from bench._local_stack import LocalStack, start_dev
-from tests.browser.conftest import screenshot
+from tests.browser.conftest import bundle_jsx, screenshot
 
 pytestmark = pytest.mark.browser
 JS = Path(__file__).resolve().parent / "js"
@@ -22,14 +21,7 @@ PAGE = '<!doctype html><html lang="en"><body><div id="root"></div><script type="
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> str:
-    out = tmp_path_factory.mktemp("react") / "react-app.js"
-    build = subprocess.run(
-        [str(JS / "node_modules" / ".bin" / "esbuild"), str(JS / "react_app.jsx"), "--bundle", "--format=esm",
-         "--jsx=automatic", "--define:process.env.NODE_ENV=\"development\"", f"--outfile={out}"],
-        cwd=JS, capture_output=True, text=True, env={"NODE_PATH": str(JS / "node_modules"), "PATH": "/usr/bin:/bin"},
-    )
-    assert build.returncode == 0, build.stderr
-    return out.read_text()
+    return bundle_jsx("react_app.jsx", tmp_path_factory.mktemp("react") / "react-app.js")
 
 
 @pytest.fixture(scope="module")

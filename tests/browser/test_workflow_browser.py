@@ -3,32 +3,22 @@ app (bundled with esbuild) in headless Chromium against `ai-jobs dev`."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from bench._local_stack import LocalStack, start_dev
-from tests.browser.conftest import screenshot
+from tests.browser.conftest import bundle_jsx, screenshot
 
 pytestmark = pytest.mark.browser
-JS = Path(__file__).resolve().parent / "js"
 PAGE = '<!doctype html><html lang="en"><body><div id="root"></div><script type="module" src="/children-app.js"></script></body></html>'
 
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> str:
-    out = tmp_path_factory.mktemp("children") / "children-app.js"
-    build = subprocess.run(
-        [str(JS / "node_modules" / ".bin" / "esbuild"), str(JS / "children_app.jsx"), "--bundle", "--format=esm",
-         "--jsx=automatic", "--define:process.env.NODE_ENV=\"development\"", f"--outfile={out}"],
-        cwd=JS, capture_output=True, text=True, env={"NODE_PATH": str(JS / "node_modules"), "PATH": "/usr/bin:/bin"},
-    )
-    assert build.returncode == 0, build.stderr
-    return out.read_text()
+    return bundle_jsx("children_app.jsx", tmp_path_factory.mktemp("children") / "children-app.js")
 
 
 @pytest.fixture(scope="module")
