@@ -91,9 +91,10 @@ async function connectWithToken() {
     signIn(token);
   };
   $("switch-user").onclick = () => signOut("Paste the token of the user to switch to.");
-  // another tab signed in or out: follow it
+  // another tab signed in or out: follow it, without writing back (that tab cleans up its
+  // own token; a removal from here would reach it as an event and wipe its message)
   window.addEventListener("storage", (event) => {
-    if (event.key === TOKEN_KEY) showIdentity();
+    if (event.key === TOKEN_KEY) showIdentity(undefined, { followOnly: true });
   });
   showIdentity();
 }
@@ -123,13 +124,14 @@ function signOut(message) {
   showIdentity(message);
 }
 
-/** Signed in: who, and "Switch user". Not (or expired): the token form. */
-function showIdentity(message) {
+/** Signed in: who, and "Switch user". Not (or expired): the token form, and an expired
+ * or broken token is removed from storage unless `followOnly` (another tab's change). */
+function showIdentity(message, { followOnly = false } = {}) {
   const token = localStorage.getItem(TOKEN_KEY);
   const claims = token ? claimsOf(token) : null;
   const expired = claims && typeof claims.exp === "number" && claims.exp * 1000 <= Date.now();
   if (token && (!claims || expired)) {
-    localStorage.removeItem(TOKEN_KEY);
+    if (!followOnly) localStorage.removeItem(TOKEN_KEY);
     message = expired ? "Your token has expired: paste a fresh one (ai-jobs token --user …)." : "The saved token was not valid: paste a fresh one.";
   }
   const signedIn = Boolean(token && claims && !expired);

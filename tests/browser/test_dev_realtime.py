@@ -183,6 +183,22 @@ def test_sign_in_survives_reload_and_new_tab_and_switch_user(browser, stack: Loc
         tab.wait_for_function("() => document.querySelector('#auth-status').textContent.includes('expired')",
                               timeout=10_000)
         screenshot(tab, "dev-token-expired")
+
+        # A tab that follows another's sign-in never writes the token store back: had the
+        # other tab removed the expired token it read, that removal would reach this tab
+        # as a storage event and wipe the message (seen under load: "Paste a token to
+        # start."). Here the other tab is handed an expired token as a storage event.
+        expired = mint_token(secret, other, email="other@example.com", ttl_seconds=-60)
+        kept = page.evaluate(
+            """(token) => {
+                localStorage.setItem("ai-jobs-demo-token", token);  // no event in this tab itself
+                window.dispatchEvent(new StorageEvent("storage", {key: "ai-jobs-demo-token", newValue: token}));
+                return localStorage.getItem("ai-jobs-demo-token");
+            }""", expired)
+        assert kept == expired, "the following tab removed the token another tab had written"
+        assert "expired" in page.inner_text("#auth-status") and page.is_visible("#token-form")
+        tab.wait_for_function("() => document.querySelector('#auth-status').textContent.includes('expired')")
+        page.evaluate('() => localStorage.removeItem("ai-jobs-demo-token")')
     finally:
         context.close()
 
