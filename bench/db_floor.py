@@ -15,6 +15,12 @@ per batch of 10, with almost no Python in between (a real worker adds its own, a
   one transaction of `UPDATE ... status='completed' WHERE id = ANY(...)` then
   `UPDATE ... status='running' ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED
   LIMIT 10)`; no fairness, limits, reaping, validation or usage;
+- `lease-table sketch`: the design that writes the job row once per run, as raw as
+  the raw pair. The claim locks 10 pending rows (`FOR UPDATE SKIP LOCKED`, skipping
+  those with a lease) and inserts their leases into a narrow table
+  (`bench_leases`: job id, worker, expiry, start); the completion deletes the leases
+  and updates each row once, from pending straight to completed. What a narrow lease
+  table could save at best, before any of our SQL (fairness, limits, reaping) is on it;
 - the same raw pair after removing, cumulatively, the row triggers, the CHECK
   constraints and all indexes but the primary key, the claim index and the
   idempotency key: what each part of the table's design costs per job.
@@ -51,6 +57,25 @@ RAW_CLAIM = (
     "order by priority desc, run_at, id limit 10 for update skip locked) returning id"
 )
 
+# The lease-table sketch: the lease lives in a narrow table, the job row is written once.
+LEASE_TABLE = (
+    "create table if not exists public.bench_leases (job_id uuid primary key, worker text not null, "
+    "expires_at timestamptz not null, started_at timestamptz not null default now())"
+)
+LEASE_CLAIM = (
+    "with picked as (select j.id from public.ai_jobs j where j.status = 'pending' and j.run_at <= now() "
+    "and not exists (select 1 from public.bench_leases l where l.job_id = j.id) "
+    "order by j.priority desc, j.run_at, j.id limit 10 for update of j skip locked) "
+    "insert into public.bench_leases (job_id, worker, expires_at) "
+    "select id, 'w', now() + interval '30 seconds' from picked returning job_id"
+)
+LEASE_COMPLETE = (
+    "with done as (delete from public.bench_leases where job_id = any(%s) and worker = 'w' "
+    "returning job_id, started_at) "
+    "update public.ai_jobs j set status = 'completed', result = '{\"n\": 1}', progress = 100, "
+    "attempts = j.attempts + 1, started_at = d.started_at, finished_at = now() from done d where j.id = d.job_id"
+)
+
 
 def fill(conn: psycopg.Connection, user_id: object, m: int) -> None:
     conn.execute("delete from public.ai_jobs")
@@ -79,17 +104,28 @@ def fused(function: str) -> Callable[[psycopg.Connection], int]:
     return loop
 
 
-def raw_pair(conn: psycopg.Connection) -> int:
-    ids: list[object] = []
-    done = 0
-    while True:
-        with conn.transaction():
-            if ids:
-                conn.execute(RAW_COMPLETE, (ids,))
-            ids = [row[0] for row in conn.execute(RAW_CLAIM).fetchall()]
-        if not ids:
-            return done
-        done += len(ids)
+def statement_pair(complete: str, claim: str) -> Callable[[psycopg.Connection], int]:
+    """Per batch, one transaction: complete the last batch, claim the next."""
+    def loop(conn: psycopg.Connection) -> int:
+        ids: list[object] = []
+        done = 0
+        while True:
+            with conn.transaction():
+                if ids:
+                    conn.execute(complete, (ids,))
+                ids = [row[0] for row in conn.execute(claim).fetchall()]
+            if not ids:
+                return done
+            done += len(ids)
+    return loop
+
+
+raw_pair = statement_pair(RAW_COMPLETE, RAW_CLAIM)
+lease_pair = statement_pair(LEASE_COMPLETE, LEASE_CLAIM)
+
+
+def add_lease_table(conn: psycopg.Connection) -> None:
+    conn.execute(LEASE_TABLE)
 
 
 def measure(uri: str, user_id: object, m: int, loop: Callable[[psycopg.Connection], int]) -> tuple[float, float]:
@@ -143,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             ("complete_claim_v1 (the worker before)", fused("ai_jobs_complete_claim_v1"), None),
             ("complete_claim_v2 (the worker now)", fused("ai_jobs_complete_claim_v2"), None),
             ("raw pair: two plain UPDATEs per batch", raw_pair, None),
+            ("lease-table sketch: the row written once, the lease in a narrow table", lease_pair, add_lease_table),
             ("raw pair, row triggers disabled", raw_pair, strip_triggers),
             ("raw pair, + no CHECK constraints", raw_pair, strip_checks),
             ("raw pair, + only pkey/claim/idempotency indexes", raw_pair, strip_indexes),
