@@ -108,6 +108,7 @@ bench: $(STAMP) $(VERCEL_STAMP)
 	rm -rf .bench-before && mkdir -p .bench-before && git archive $(BENCH_BEFORE) shared/src | tar -x -C .bench-before
 	$(BIN)/python bench/throughput.py --repeat 3 --ai-jobs-variant before=.bench-before/shared/src
 	$(BIN)/python bench/throughput.py --systems ai-jobs pgqueuer --workers 1 2 4 --repeat 3 --ai-jobs-concurrency 1 2 --enqueue-single 0 --enqueue-bulk 0 --json bench/results/throughput-concurrency.json --png bench/throughput-concurrency.png
+	$(BIN)/python bench/throughput.py --systems ai-jobs pgqueuer --workers 1 --repeat 3 --ai-jobs-concurrency 1 2 3 4 --enqueue-single 0 --enqueue-bulk 0 --json bench/results/throughput-loops.json --png bench/throughput-loops.png
 	$(BIN)/python bench/db_floor.py
 	$(BIN)/python bench/claim_limits.py
 	$(BIN)/python bench/latency.py
