@@ -21,12 +21,17 @@ per batch of 10, with almost no Python in between (a real worker adds its own, a
   (`bench_leases`: job id, worker, expiry, start); the completion deletes the leases
   and updates each row once, from pending straight to completed. What a narrow lease
   table could save at best, before any of our SQL (fairness, limits, reaping) is on it;
+- `one write per job, no lease`: per batch, a single `UPDATE` that takes 10 pending
+  rows (`FOR UPDATE SKIP LOCKED`) straight to completed with their result. Not a
+  worker (a crash loses the batch, nothing counts attempts): the floor of any design
+  that stores each job's result in the row the browser follows;
 - the same raw pair after removing, cumulatively, the row triggers, the CHECK
   constraints and all indexes but the primary key, the claim index and the
   idempotency key: what each part of the table's design costs per job.
 
 The last three steps alter the table, so they run last, on this throwaway database.
-Also printed: WAL bytes per job for each step. Median (min-max) of --repeat runs.
+Also printed: the serving backend's CPU time per job (psutil; no round trip, no
+client) and WAL bytes per job for each step. Median (min-max) of --repeat runs.
 Takes about a minute.
 """
 
@@ -74,6 +79,14 @@ LEASE_COMPLETE = (
     "returning job_id, started_at) "
     "update public.ai_jobs j set status = 'completed', result = '{\"n\": 1}', progress = 100, "
     "attempts = j.attempts + 1, started_at = d.started_at, finished_at = now() from done d where j.id = d.job_id"
+)
+
+# The floor: each job's row written once, with no lease at all.
+ONE_WRITE = (
+    "update public.ai_jobs set status = 'completed', result = '{\"n\": 1}', progress = 100, "
+    "attempts = attempts + 1, started_at = now(), finished_at = now() where id in ("
+    "select id from public.ai_jobs where status = 'pending' and run_at <= now() "
+    "order by priority desc, run_at, id limit 10 for update skip locked) returning id"
 )
 
 
@@ -124,22 +137,42 @@ raw_pair = statement_pair(RAW_COMPLETE, RAW_CLAIM)
 lease_pair = statement_pair(LEASE_COMPLETE, LEASE_CLAIM)
 
 
+def one_write(conn: psycopg.Connection) -> int:
+    """Per batch, one statement: 10 pending rows straight to completed."""
+    done = 0
+    while True:
+        ids = conn.execute(ONE_WRITE).fetchall()
+        if not ids:
+            return done
+        done += len(ids)
+
+
 def add_lease_table(conn: psycopg.Connection) -> None:
     conn.execute(LEASE_TABLE)
 
 
-def measure(uri: str, user_id: object, m: int, loop: Callable[[psycopg.Connection], int]) -> tuple[float, float]:
-    """(us of database time per job, WAL bytes per job) for one drain of m jobs."""
+def measure(uri: str, user_id: object, m: int, loop: Callable[[psycopg.Connection], int]) -> tuple[float, float, float]:
+    """(us of database time per job, us of the backend's CPU per job, WAL bytes per job) for one drain of m jobs.
+
+    The CPU is the serving backend process's own (psutil), so it leaves out the
+    round trip and the client, which the database time includes.
+    """
+    import psutil
+
     with psycopg.connect(uri, autocommit=True) as conn:
         fill(conn, user_id, m)
+        backend = psutil.Process(conn.info.backend_pid)
         wal_start = conn.execute("select pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
+        cpu_start = backend.cpu_times()
         started = time.perf_counter()
         done = loop(conn)
         elapsed = time.perf_counter() - started
+        cpu_end = backend.cpu_times()
         wal = conn.execute("select pg_wal_lsn_diff(pg_current_wal_lsn(), %s)", (wal_start,)).fetchone()[0]  # type: ignore[index]
     if done != m:
         raise SystemExit(f"expected {m} jobs drained, got {done}")
-    return elapsed / m * 1e6, float(wal) / m
+    cpu = (cpu_end.user + cpu_end.system) - (cpu_start.user + cpu_start.system)
+    return elapsed / m * 1e6, cpu / m * 1e6, float(wal) / m
 
 
 def strip_triggers(conn: psycopg.Connection) -> None:
@@ -171,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench._throwaway_db import throwaway_database
 
     load_start = os.getloadavg()[0]
-    rows: list[tuple[str, list[float], list[float]]] = []
+    rows: list[tuple[str, list[float], list[float], list[float]]] = []
     with throwaway_database("fl") as database:
         uri = database.url
         user_id = database.add_user()
@@ -180,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             ("complete_claim_v2 (the worker now)", fused("ai_jobs_complete_claim_v2"), None),
             ("raw pair: two plain UPDATEs per batch", raw_pair, None),
             ("lease-table sketch: the row written once, the lease in a narrow table", lease_pair, add_lease_table),
+            ("one write per job, no lease (the floor; not a worker)", one_write, None),
             ("raw pair, row triggers disabled", raw_pair, strip_triggers),
             ("raw pair, + no CHECK constraints", raw_pair, strip_checks),
             ("raw pair, + only pkey/claim/idempotency indexes", raw_pair, strip_indexes),
@@ -188,22 +222,23 @@ def main(argv: list[str] | None = None) -> int:
             if alter is not None:
                 with psycopg.connect(uri, autocommit=True) as conn:
                     alter(conn)
-            times, wal = [], []
+            times, cpus, wal = [], [], []
             for _ in range(args.repeat):
-                us, wal_bytes = measure(uri, user_id, args.jobs, loop)
+                us, cpu_us, wal_bytes = measure(uri, user_id, args.jobs, loop)
                 times.append(us)
+                cpus.append(cpu_us)
                 wal.append(wal_bytes)
-            rows.append((label, times, wal))
+            rows.append((label, times, cpus, wal))
             print(f"  {label}: {statistics.median(times):.0f} us/job", flush=True)
 
     print()
     print(f"| step ({args.jobs:,} jobs, batch {BATCH}, one connection) | database time per job, us | jobs/s this implies "
-          "| WAL per job, bytes |")
-    print("|---|---:|---:|---:|")
-    for label, times, wal in rows:
+          "| backend CPU per job, us | WAL per job, bytes |")
+    print("|---|---:|---:|---:|---:|")
+    for label, times, cpus, wal in rows:
         med = statistics.median(times)
         print(f"| {label} | {med:.0f} ({min(times):.0f}–{max(times):.0f}) | {1e6 / med:,.0f} "
-              f"| {statistics.median(wal):,.0f} |")
+              f"| {statistics.median(cpus):.0f} ({min(cpus):.0f}–{max(cpus):.0f}) | {statistics.median(wal):,.0f} |")
     print(f"\nmedian (min–max) of {args.repeat}; load average {load_start:.2f} at start, "
           f"{os.getloadavg()[0]:.2f} at end, {os.cpu_count()} CPUs")
     return 0
