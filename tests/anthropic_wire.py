@@ -155,6 +155,12 @@ class Recorded:
     body: dict[str, Any]
 
 
+# Models that answer `output_config.effort` with a 400 (the effort docs list Opus 4.5 as
+# the first model that takes it; Haiku 4.5 and Sonnet 4.5 are not on the list).
+EFFORT_REJECTING_MODELS = ("claude-3", "claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-1",
+                           "claude-opus-4-0", "claude-sonnet-4-0", "claude-opus-4-2", "claude-sonnet-4-2")
+
+
 class FakeAnthropicServer(ThreadingHTTPServer):
     """POST /v1/messages on 127.0.0.1 in the API's wire format. Each request gets the
     next of `replies` (the last one repeats); `requests` records them, `disconnected`
@@ -209,7 +215,12 @@ class _FakeMessagesHandler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - http.server's naming
         raw = self.rfile.read(int(self.headers.get("content-length", 0)))
         self.server.requests.append(Recorded(time.monotonic(), dict(self.headers), json.loads(raw or b"{}")))
-        reply = self.server.next_reply()
+        body = self.server.requests[-1].body
+        if body.get("output_config", {}).get("effort") and str(body.get("model", "")).startswith(EFFORT_REJECTING_MODELS):
+            reply: Reply = ErrorReply(400, "invalid_request_error",
+                                      f"output_config.effort: not supported by model {body['model']}")
+        else:
+            reply = self.server.next_reply()
         self.close_connection = True
         if not isinstance(reply, ErrorReply) and reply and isinstance(reply[0], tuple) and reply[0][0] == "headers_after":
             if self._client_gone(reply[0][1]):  # the API has not answered yet

@@ -331,6 +331,9 @@ def test_a_stalled_stream_times_out_retryably(pg_store, make_user, fake, monkeyp
         ("ai.match", {"requirement": "R", "document": "D"}, "low"),
         ("ai.map_batches", {"document": "D", "items": ["a"]}, "low"),
         ("ai.extract", {"text": "Ada", "schema": PERSON, "model": "claude-haiku-4-5"}, None),  # rejects effort
+        ("ai.extract", {"text": "Ada", "schema": PERSON, "model": "claude-sonnet-4-5-20250929"}, None),  # rejects it
+        ("ai.extract", {"text": "Ada", "schema": PERSON, "model": "claude-opus-4-5"}, "low"),  # the first to take it
+        ("ai.match", {"requirement": "R", "document": "D", "model": "claude-opus-4-5-20251101"}, "low"),
     ],
 )
 def test_effort_defaults_per_type_and_can_be_raised(pg_store, make_user, fake, job_type, data, sent) -> None:

@@ -59,9 +59,9 @@ MIN_CALL_TOKENS = 256  # a first call is shortened to fit the budget, never belo
 INVALID_OUTPUT_RETRIES = 1  # one more call when a structured reply does not parse
 # Models that reject `output_config.effort` (or need a beta header for it): it is left out for them.
 NO_EFFORT_MODELS = (
-    "claude-3", "claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-5", "claude-opus-4-1",
+    "claude-3", "claude-haiku-4-5", "claude-sonnet-4-5", "claude-opus-4-1",
     "claude-opus-4-0", "claude-sonnet-4-0", "claude-opus-4-2", "claude-sonnet-4-2",
-)
+)  # Opus 4.5 was the first model to take `effort`; Haiku 4.5 and Sonnet 4.5 never did
 
 # Claude calls made per job context (this invocation): a job that already used part of
 # the invocation continues in a new one rather than squeezing its next call.
