@@ -35,8 +35,12 @@ them: each one sees the cache as it was when the batch started (so requests of o
 batch never read what another wrote; the docs call batch cache hits best-effort);
 `batch_cache="sequential"` lets each read what the previous ones wrote instead.
 `outcomes` makes chosen custom_ids end `errored` (overloaded_error), `expired` or
-`canceled` instead. A cancel lets `done_before_cancel` requests finish (billed) and
-cancels the rest. Every billed request is appended to `billed` (model, usage, batch).
+`canceled` instead; `stop_reasons` gives chosen custom_ids a succeeded (billed) reply
+with another stop_reason (`max_tokens`, `refusal`). A cancel lets `done_before_cancel`
+requests finish (billed) and cancels the rest. `retrieve_errors` makes the next
+retrieves of a batch fail with the given (status, error type), as the API's 5xx and
+529 `overloaded_error` bodies do (`types/shared/error_response.py`). Every billed
+request is appended to `billed` (model, usage, batch).
 """
 
 from __future__ import annotations
@@ -111,6 +115,8 @@ class ClaudeApiFake(ThreadingHTTPServer):
         self.responder = responder
         self.polls_until_ended = polls_until_ended
         self.outcomes = dict(outcomes or {})
+        self.stop_reasons: dict[str, str] = {}
+        self.retrieve_errors: list[tuple[int, str]] = []
         self.done_before_cancel = done_before_cancel
         self.min_cacheable = {**MIN_CACHEABLE, **(min_cacheable or {})}
         self.billed: list[Billed] = []
@@ -278,6 +284,8 @@ class ClaudeApiFake(ThreadingHTTPServer):
                 result = {"type": outcome}
             else:
                 status, message = self.answer(request["params"], batch=True, view=view)
+                if status == 200 and custom_id in self.stop_reasons:
+                    message["stop_reason"] = self.stop_reasons[custom_id]
                 result = ({"type": "succeeded", "message": message} if status == 200
                           else {"type": "errored", "error": {**message, "request_id": f"req_{custom_id}"}})
             batch.results[custom_id] = result
@@ -301,6 +309,9 @@ class ClaudeApiFake(ThreadingHTTPServer):
 
     def retrieve_batch(self, batch_id: str) -> tuple[int, dict[str, Any]]:
         with self._lock:
+            if self.retrieve_errors:
+                status, kind = self.retrieve_errors.pop(0)
+                return status, {"type": "error", "error": {"type": kind, "message": kind.replace("_", " ")}}
             batch = self.batches.get(batch_id)
             if batch is None:
                 return 404, {"type": "error", "error": {"type": "not_found_error", "message": "batch not found"}}

@@ -249,6 +249,82 @@ def test_cancel_while_waiting_cancels_the_message_batch(pg_store, make_user, cla
     assert job.usage["requests"] == 3 and job.usage["cost_usd"] == pytest.approx(cost(claude.billed), rel=1e-9)
 
 
+def test_errors_while_waiting_for_the_batch_spend_no_attempt(pg_store, make_user, claude, db, monkeypatch) -> None:
+    """A batch can run for 24 h: an API error asking about it is waited out (the batch
+    is still running, and billing), not counted against the job's 3 attempts."""
+    monkeypatch.setenv("AI_JOBS_PROMPT_CACHE", "off")
+    claude.polls_until_ended = 3  # answered retrieves: at the submit, then two more
+    claude.outcomes = {}
+    job_id = enqueue(pg_store, make_user(), items=[f"r{i}" for i in range(6)], batch_size=2, use_batch_api=True)
+    run(pg_store)  # submitted, first poll
+    [batch] = claude.batches.values()
+    claude.retrieve_errors = [(500, "api_error"), (529, "overloaded_error"), (500, "api_error"), (503, "api_error")]
+    for _ in range(4):
+        make_due(db, job_id)
+        before = datetime.now(UTC)
+        run(pg_store)
+        job = pg_store.get(job_id)
+        assert job.status is JobStatus.PENDING and job.attempts == 0 and job.error is None, job.error
+        assert job.wait_reason == "claude_batch" and "Anthropic did not answer" in job.progress_message
+        assert job.run_at >= before + timedelta(seconds=59)  # the poll interval
+    assert claude.retrieve_errors == [] and batch.status == "in_progress"
+    assert not any(path.endswith("/cancel") for _, path in claude.calls)
+    for _ in range(2):
+        make_due(db, job_id)
+        run(pg_store)
+    job = pg_store.get(job_id)
+    assert job.status is JobStatus.COMPLETED and job.attempts == 1, job.error
+    assert job.usage["requests"] == 3 and claude.deleted == [batch.id]
+
+
+def test_an_error_that_fails_the_job_cancels_its_batch(pg_store, make_user, claude, db, monkeypatch) -> None:
+    monkeypatch.setenv("AI_JOBS_PROMPT_CACHE", "off")
+    claude.polls_until_ended = 100
+    claude.outcomes = {}
+    job_id = enqueue(pg_store, make_user(), items=["a", "b"], batch_size=1, use_batch_api=True)
+    run(pg_store)
+    [batch] = claude.batches.values()
+    claude.retrieve_errors = [(403, "permission_error")]  # the key lost access: retrying cannot help
+    make_due(db, job_id)
+    run(pg_store)
+    job = pg_store.get(job_id)
+    assert job.status is JobStatus.FAILED and job.error.code == "claude_forbidden", job.error
+    assert ("POST", f"/v1/messages/batches/{batch.id}/cancel") in claude.calls and batch.status == "canceling"
+
+
+def test_a_cut_off_batch_reply_fails_the_job_after_every_billed_reply_is_recorded_once(
+    pg_store, make_user, claude, db, monkeypatch
+) -> None:
+    monkeypatch.setenv("AI_JOBS_PROMPT_CACHE", "off")
+    claude.polls_until_ended = 1
+    claude.outcomes = {}
+    claude.stop_reasons = {"batch-2": "max_tokens"}
+    user = make_user()
+    job_id = enqueue(pg_store, user, items=[f"r{i}" for i in range(8)], batch_size=2, use_batch_api=True)
+    run(pg_store)
+    job = pg_store.get(job_id)
+    assert job.status is JobStatus.FAILED and job.error.code == "output_truncated", job.error
+    [batch] = claude.created
+    # all four replies were billed; all four are on the job, the batch is deleted
+    assert [b.batch for b in claude.billed] == [True] * 4
+    assert job.usage["requests"] == 4 and job.usage["cost_usd"] == pytest.approx(cost(claude.billed), rel=1e-9)
+    assert claude.deleted == [batch.id]
+    assert {"batch-1", "batch-3", "batch-4", "batch-2-batch-reply"} <= set(job.checkpoints)
+    assert "batch-2" not in job.checkpoints
+
+    # a retry records nothing twice: it asks Claude directly for batch 2 only
+    pg_store.retry(job_id, user_id=user)
+    run(pg_store)
+    job = pg_store.get(job_id)
+    assert job.status is JobStatus.COMPLETED, job.error
+    assert len(claude.created) == 1 and len(claude.message_requests) == 1
+    content = claude.message_requests[0]["messages"][0]["content"]
+    asked = content if isinstance(content, str) else content[-1]["text"]
+    assert "- r2" in asked and "- r3" in asked and "- r0" not in asked
+    assert [m["item"] for m in job.result["mappings"]] == [f"r{i}" for i in range(8)]
+    assert job.usage["requests"] == 5 and job.usage["cost_usd"] == pytest.approx(cost(claude.billed), rel=1e-9)
+
+
 def test_use_batch_api_refuses_a_batch_over_the_size_limit() -> None:
     registry = load_job_modules()
     with pytest.raises(InputValidationError) as err:

@@ -27,7 +27,7 @@ import logging
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -44,6 +44,10 @@ STEP = "claude-batch"
 # The API accepts up to 100,000 requests or 256 MB per batch; we stay under both.
 MAX_REQUESTS = 100_000
 MAX_BATCH_BYTES = 250_000_000
+# A batch ends within 24 hours of its creation (its unfinished requests expire). Until a
+# little after that, an error while asking about it or reading its results is waited
+# out (Deferred, no attempt spent): the batch is still running, and billing, meanwhile.
+BATCH_WINDOW_SECONDS = 25 * 3600
 # After a cancel, the batch stops once its in-flight requests finish ("canceling");
 # the job waits this long for that, to record what the finished requests cost.
 CANCEL_WAIT_SECONDS = 600
@@ -113,13 +117,60 @@ def retrieve(batch_id: str) -> Any:
         raise _classified(exc) from exc
 
 
+def _waits_out(submitted: SubmittedBatch, exc: Exception) -> bool:
+    """Whether an error about this batch is waited out rather than failing the job: a
+    transient one, while the batch can still be running (see BATCH_WINDOW_SECONDS)."""
+    from ai_jobs.failures import RetryableJobError
+
+    age = (datetime.now(UTC) - submitted.submitted_at).total_seconds()
+    return isinstance(exc, RetryableJobError) and age < BATCH_WINDOW_SECONDS
+
+
+def _wait_out(ctx: JobContext, exc: Exception, *, poll_seconds: float, progress: float, what: str) -> NoReturn:
+    """Defer the job after a transient error (no attempt spent), at the upstream's
+    retry time when it gave one; a cancel that arrived meanwhile stops here."""
+    from ai_jobs.context import Deferred
+    from ai_jobs.failures import JobFailure
+
+    delay = poll_seconds
+    retry_at = exc.retry_at if isinstance(exc, JobFailure) else None
+    if retry_at is not None:
+        delay = max(delay, (retry_at - datetime.now(UTC)).total_seconds())
+    code = exc.code if isinstance(exc, JobFailure) else type(exc).__name__
+    message = f"Anthropic did not answer while {what} ({code}); asking again in {delay:.0f} s"
+    log.warning("job %s: %s", ctx.job.id, message)
+    ctx.progress(progress, message)
+    ctx.flush_progress()
+    ctx.check_cancelled()
+    raise Deferred(delay, reason=WAIT_REASON, message=message)
+
+
+def _cancel_quietly(ctx: JobContext, submitted: SubmittedBatch) -> None:
+    """A job about to fail for good stops its Message Batch, so it is not billed on."""
+    try:
+        _client().messages.batches.cancel(submitted.id)
+        log.warning("job %s: cancelled Message Batch %s as the job fails", ctx.job.id, submitted.id)
+    except Exception as exc:  # noqa: BLE001 - best effort; the job fails either way
+        log.error("job %s: could not cancel Message Batch %s as the job fails (%s); it may run and bill for "
+                  "up to 24 h", ctx.job.id, submitted.id, type(exc).__name__)
+
+
 def wait_until_ended(ctx: JobContext, submitted: SubmittedBatch, *, poll_seconds: float, progress: float) -> None:
     """Return once the batch has ended (or no longer exists); until then release the
     worker (Deferred) and ask again in `poll_seconds`. A cancel that arrived meanwhile
-    stops here (JobCancelled) so the runner cancels the batch rather than leaving it running."""
+    stops here (JobCancelled) so the runner cancels the batch rather than leaving it
+    running. A transient error asking is waited out the same way; an error that fails
+    the job cancels the batch first."""
     from ai_jobs.context import Deferred
 
-    batch = retrieve(submitted.id)
+    try:
+        batch = retrieve(submitted.id)
+    except Exception as exc:
+        if _waits_out(submitted, exc):
+            _wait_out(ctx, exc, poll_seconds=poll_seconds, progress=progress,
+                      what="asking whether its Message Batch has ended")
+        _cancel_quietly(ctx, submitted)
+        raise
     if batch is None or batch.processing_status == "ended":
         return
     minutes = max(0, int((datetime.now(UTC) - submitted.submitted_at).total_seconds() // 60))
@@ -131,6 +182,17 @@ def wait_until_ended(ctx: JobContext, submitted: SubmittedBatch, *, poll_seconds
     ctx.flush_progress()  # writes and reads the row back: it carries a cancel request
     ctx.check_cancelled()
     raise Deferred(poll_seconds, reason=WAIT_REASON, message=message)
+
+
+def ended_results(ctx: JobContext, submitted: SubmittedBatch, *, poll_seconds: float, progress: float) -> dict[str, Any]:
+    """`results` of an ended batch; a transient error reading them is waited out (the
+    results stay at Anthropic for 29 days)."""
+    try:
+        return results(submitted.id)
+    except Exception as exc:
+        if _waits_out(submitted, exc):
+            _wait_out(ctx, exc, poll_seconds=poll_seconds, progress=progress, what="reading its Message Batch's results")
+        raise
 
 
 def results(batch_id: str) -> dict[str, Any]:

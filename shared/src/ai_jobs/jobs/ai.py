@@ -355,17 +355,12 @@ def map_batches(data: MapBatchesInput, ctx: JobContext) -> MapBatchesOutput:
     total = len(batches)
     through_api = map_batch_api.wanted(data, ctx)
     ttl = map_batch_api.cache_ttl(total, through_api=through_api)
-    collected: dict[str, Any] | None = None  # the Message Batch's results, by custom_id
 
     def run_batch(index: int, batch: list[str]) -> BatchMappings:
         message = f"Analyzing batch {index} of {total}"
         ctx.progress((index - 1) * 100 / total, message)
 
         def call() -> BatchMappings:
-            if collected is not None:
-                answered = map_batch_api.accept(ctx, collected.get(f"batch-{index}"), f"batch-{index}")
-                if answered is not None:
-                    return answered
             system, prompt, cache = map_request(data, batch, ttl)
             reply = ask_claude(
                 ctx, system=system, prompt=prompt, cache=cache,
@@ -388,10 +383,10 @@ def map_batches(data: MapBatchesInput, ctx: JobContext) -> MapBatchesOutput:
         # could write the cache (2x input) instead of reading it (0.1x).
         run_batch(1, batches[0])
     if through_api:
-        collected = map_batch_api.run(data, ctx, ttl)
+        # Every reply of the Message Batch becomes its batch step; what it did not
+        # answer usably runs directly below.
+        map_batch_api.run(data, ctx, ttl)
     results: list[ItemMapping] = []
     for index, batch in enumerate(batches, start=1):
         results.extend(run_batch(index, batch).mappings)
-    if through_api:
-        map_batch_api.finish(ctx)
     return MapBatchesOutput(mappings=results, batches=total)

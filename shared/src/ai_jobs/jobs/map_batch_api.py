@@ -6,13 +6,18 @@ The flow, across wake-ups of one job:
    direct calls, with the 1-hour TTL) and the batch id is checkpointed;
 2. each wake-up asks Anthropic whether the batch has ended; until then the job goes
    back to pending (Deferred, wait_reason `claude_batch`) without holding a worker or
-   spending an attempt, and runs again after AI_JOBS_MAP_BATCH_API_POLL_SECONDS;
-3. once it has ended, the results file is read and each `batch-<n>` step takes its
-   result, recording its usage at the Batch API price. A request that errored,
-   expired or was canceled, or whose reply does not parse, runs through the normal
-   streamed call instead; a refusal or a truncated reply fails the job as it would there.
-4. once every batch step is checkpointed, the Message Batch is deleted at Anthropic
-   (`finish`), so its prompts and results are not kept there longer than needed.
+   spending an attempt, and runs again after AI_JOBS_MAP_BATCH_API_POLL_SECONDS. A
+   transient error asking (or reading the results) is waited out the same way for
+   up to 25 h after the submit; an error that fails the job cancels the batch first;
+3. once it has ended, the results file is read and every billed result is recorded
+   at once (`collect`), before any of them can fail the job: a reply that parses
+   becomes its `batch-<n>` step, a refused, cut-off or unparsable one is checkpointed
+   with its usage as `batch-<n>-batch-reply`, so it is never recorded twice. Then the
+   Message Batch is deleted at Anthropic, so its prompts and results are not kept
+   there longer than needed. A request that errored, expired or was canceled, or
+   whose reply does not parse, then runs through the normal streamed call; a refusal
+   or a truncated reply fails the job as it would there (a retry of the job asks
+   Claude directly for that batch).
 A cancel of the job cancels the Message Batch (`cancel`, the job type's on_cancel),
 checkpoints what finished before it, then deletes it.
 
@@ -33,7 +38,7 @@ from ai_jobs.claude.batches import (
     SubmittedBatch,
     cancel_batch,
     delete_batch,
-    results,
+    ended_results,
     save_step,
     submit,
     wait_until_ended,
@@ -49,6 +54,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WAITING_PROGRESS = 5
+# Checkpointed once the batch's results are recorded (and the batch deleted): later runs
+# of the job ask Claude directly for whatever is still open.
+COLLECTED = "claude-batch-collected"
 
 
 def configured(settings: type[BaseModel]) -> Any:
@@ -100,16 +108,17 @@ def _request(
     return {"custom_id": custom_id, "params": params}
 
 
-def run(data: MapBatchesInput, ctx: JobContext, ttl: CacheTTL | None) -> dict[str, Any] | None:
-    """Submit (once), wait (Deferred until the batch has ended), then return every
-    result by custom_id; None when every batch step is already done."""
+def run(data: MapBatchesInput, ctx: JobContext, ttl: CacheTTL | None) -> None:
+    """Submit (once), wait (Deferred until the batch has ended), then record every
+    result (`collect`) and delete the batch. Does nothing once every batch step is
+    done or every result has been recorded."""
     from ai_jobs.claude.settings import ClaudeSettings
 
     batches = data.batches()
     open_steps = [(f"batch-{n}", batch) for n, batch in enumerate(batches, start=1)
                   if f"batch-{n}" not in ctx.checkpoints]
-    if not open_steps:
-        return None
+    if not open_steps or (STEP in ctx.checkpoints and COLLECTED in ctx.checkpoints):
+        return
     model = data.model or ClaudeSettings.from_env().model
 
     def send() -> SubmittedBatch:
@@ -124,8 +133,46 @@ def run(data: MapBatchesInput, ctx: JobContext, ttl: CacheTTL | None) -> dict[st
         return submit([_request(data, batch, name, ttl, model) for name, batch in open_steps])
 
     submitted = ctx.step(STEP, send, returns=SubmittedBatch)
-    wait_until_ended(ctx, submitted, poll_seconds=configured(BatchApiSettings).poll_seconds, progress=WAITING_PROGRESS)
-    return results(submitted.id)
+    poll_seconds = configured(BatchApiSettings).poll_seconds
+    wait_until_ended(ctx, submitted, poll_seconds=poll_seconds, progress=WAITING_PROGRESS)
+    found = ended_results(ctx, submitted, poll_seconds=poll_seconds, progress=WAITING_PROGRESS)
+    failure = collect(ctx, submitted, found)
+    save_step(ctx, COLLECTED, True)
+    delete_batch(ctx, submitted.id)
+    if failure is not None:
+        raise failure
+
+
+def collect(
+    ctx: JobContext, submitted: SubmittedBatch, found: dict[str, Any], *, cancelling: bool = False
+) -> FatalJobError | None:
+    """Record every billed result of the batch once, before any of them can fail the job:
+    a reply that parses becomes its `batch-<n>` step; a refused, cut-off or unparsable
+    one is checkpointed as `<custom_id>-batch-reply` with its usage, so a later run
+    neither records it again nor reuses it. Returns the first refusal or cut-off (which
+    fails the job as a direct call would); errored, expired and canceled requests cost
+    nothing and are left to run directly."""
+    failure: FatalJobError | None = None
+    for custom_id in submitted.custom_ids:
+        marker = f"{custom_id}-batch-reply"
+        if custom_id in ctx.checkpoints or marker in ctx.checkpoints:
+            continue  # recorded by an earlier run
+        result = found.get(custom_id)
+        if getattr(result, "type", None) != "succeeded":
+            if not cancelling:
+                accept(ctx, result, custom_id)  # not billed; logs why it runs directly
+            continue
+        try:
+            mapped = accept(ctx, result, custom_id)
+        except FatalJobError as exc:
+            failure = failure or exc
+            save_step(ctx, marker, {"stop_reason": result.message.stop_reason})
+            continue
+        if mapped is None:
+            save_step(ctx, marker, {"stop_reason": result.message.stop_reason, "parsed": False})
+        else:
+            save_step(ctx, custom_id, mapped.model_dump(mode="json"))
+    return failure
 
 
 def accept(ctx: JobContext, result: Any, custom_id: str) -> BatchMappings | None:
@@ -162,30 +209,17 @@ def accept(ctx: JobContext, result: Any, custom_id: str) -> BatchMappings | None
 
 def cancel(ctx: JobContext) -> None:
     """on_cancel: cancel the job's Message Batch if it may still be running; once it
-    has stopped, checkpoint the replies that were finished (and billed) before the
-    cancel, with their usage, so the cost is on the job and a retry reuses them."""
-    if STEP not in ctx.checkpoints:
+    has stopped, record the replies that were finished (and billed) before the cancel,
+    with their usage (`collect`), so the cost is on the job and a retry reuses them."""
+    if STEP not in ctx.checkpoints or COLLECTED in ctx.checkpoints:
         return
     submitted = SubmittedBatch.model_validate(ctx.checkpoints[STEP])
     open_ids = [custom_id for custom_id in submitted.custom_ids if custom_id not in ctx.checkpoints]
     if not open_ids:
         return
     finished = cancel_batch(ctx, submitted)
-    for custom_id in open_ids if finished else ():
-        result = finished.get(custom_id)
-        if getattr(result, "type", None) != "succeeded":
-            continue
-        try:
-            mapped = accept(ctx, result, custom_id)
-        except FatalJobError:
-            continue  # a refusal or a cut-off reply: its usage stays recorded, nothing to keep
-        if mapped is not None:
-            save_step(ctx, custom_id, mapped.model_dump(mode="json"))
-    if finished is not None:
-        delete_batch(ctx, submitted.id)
-
-
-def finish(ctx: JobContext) -> None:
-    """Every batch step is checkpointed: delete the Message Batch at Anthropic."""
-    if STEP in ctx.checkpoints:
-        delete_batch(ctx, SubmittedBatch.model_validate(ctx.checkpoints[STEP]).id)
+    if finished is None:
+        return
+    collect(ctx, submitted, finished, cancelling=True)  # a refusal or a cut-off reply: its usage is recorded, nothing kept
+    save_step(ctx, COLLECTED, True)
+    delete_batch(ctx, submitted.id)
