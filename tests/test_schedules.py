@@ -232,6 +232,7 @@ def test_paused_schedule_does_not_fire_and_resume_skips_missed_ticks(
     schedule = make_schedule(pg_store, user, "* * * * *", next_run_at=utc(2026, 1, 1))
     paused = pg_store.set_schedule_paused(schedule.id, user_id=user, paused=True)
     assert paused.paused
+    assert pg_store.set_schedule_paused(schedule.id, user_id=user, paused=True) == paused  # a repeat writes nothing
     assert fire_due_schedules(pg_store, registry, settings_with()).fired == 0
     assert db.execute("select public.ai_jobs_next_due_v2(null)").fetchone()[0] is None  # paused: not due
     upcoming = next_tick("* * * * *", "UTC", datetime.now(UTC))

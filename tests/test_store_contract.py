@@ -68,6 +68,33 @@ def test_per_user_cap_on_active_jobs(store: JobStore, make_user) -> None:
     enqueue(store, user, max_active=3)  # a cancelled job frees a slot
 
 
+def test_paused_jobs_keep_their_place_under_the_cap_and_the_budget(store: JobStore, make_user) -> None:
+    """Pausing is not a way around the limits: create to the cap, pause, create again,
+    resume would otherwise queue any number of jobs and reserve past the budget."""
+    user = make_user()
+    jobs = [enqueue(store, user, max_active=3).job for _ in range(3)]
+    for job in jobs:
+        assert store.pause(job.id, user_id=user).status is JobStatus.PAUSED
+    with pytest.raises(ActiveJobLimitError) as err:
+        enqueue(store, user, max_active=3)
+    assert "3 of 3 jobs pending, running or paused" in err.value.message
+    with pytest.raises(ActiveJobLimitError):  # the bulk path counts them too
+        store.enqueue_many([NewJob(user_id=user, job_type="example.countdown", max_active=3)])
+    for job in jobs:
+        store.resume(job.id, user_id=user)
+    assert len(store.list(user_id=user).jobs) == 3
+    store.request_cancel_tree(jobs[0].id, user_id=user)  # a cancelled one frees its slot
+    enqueue(store, user, max_active=3)
+
+    spender = make_user()
+    budget = {"cost_estimate_usd": 0.1, "cost_cap_usd": 0.164, "daily_budget_usd": 0.2}
+    first = enqueue(store, spender, job_type="ai.generate", **budget).job
+    store.pause(first.id, user_id=spender)
+    with pytest.raises(BudgetExceededError) as spent:  # the paused job still holds its $0.164
+        enqueue(store, spender, job_type="ai.generate", **budget)
+    assert spent.value.facts["reserved_usd"] == 0.164
+
+
 def test_enqueue_many_applies_every_create_check_all_or_nothing(store: JobStore, make_user) -> None:
     user, other = make_user(), make_user()
     jobs = [NewJob(user_id=user, job_type="example.countdown", input={"n": i}, max_active=3) for i in range(3)]
@@ -92,6 +119,8 @@ def test_enqueue_many_applies_every_create_check_all_or_nothing(store: JobStore,
         store.enqueue_many([keyed] * 1001)
     with pytest.raises(InvalidArgumentError):
         store.call(ENQUEUE_MANY, {"p_jobs": Json([{"job_type": "example.countdown"}])})
+    with pytest.raises(InvalidArgumentError, match="job 1: an object"):  # the index of the bad one
+        store.call(ENQUEUE_MANY, {"p_jobs": Json([{"user_id": str(user), "job_type": "example.countdown"}, 5])})
 
 
 def test_daily_budget_reserves_caps_and_counts_recorded_spend(store: JobStore, make_user) -> None:

@@ -13,7 +13,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from ai_jobs.errors import IdempotencyConflictError, InvalidArgumentError, JobNotFoundError, JobStateError
+from ai_jobs.errors import (
+    ActiveJobLimitError,
+    IdempotencyConflictError,
+    InvalidArgumentError,
+    JobNotFoundError,
+    JobStateError,
+)
 from ai_jobs.models import Job, JobStatus
 from ai_jobs.registry import JobRegistry
 from ai_jobs.runner import Runner
@@ -305,6 +311,48 @@ def test_retry_reruns_only_failed_children(pg_store: PostgresStore, db, make_use
     for name in ("c0", "c0/g0", "c0/g1", "c1/g1"):  # finished work was not run again
         assert after[name]["finished_at"] == before[name]["finished_at"]
         assert after[name]["attempts"] == before[name]["attempts"]
+
+
+def test_a_tree_with_more_failed_children_than_the_cap_can_be_retried(
+    pg_store: PostgresStore, db, make_user, registry, tmp_path
+) -> None:
+    """The cap is checked for the job retried, never for its children (as at spawn)."""
+    user = make_user()
+    fixed = tmp_path / "fixed"
+    root = create(pg_store, registry, user, "test.wf_parent",
+                  {"children": 25, "fail_keys": [f"c{i}" for i in range(25)], "fixed_path": str(fixed)})
+    run_all(pg_store, registry)
+    assert set(statuses(db, root).values()) == {"failed"} and len(statuses(db, root)) == 26
+    fixed.write_text("")
+    assert pg_store.retry_tree(root, user_id=user, max_active=20).status is JobStatus.PENDING
+    assert set(statuses(db, root).values()) == {"pending"}
+    run_all(pg_store, registry)
+    assert set(statuses(db, root).values()) == {"completed"}
+    # the cap still holds for the job itself: 20 other unfinished jobs refuse the retry
+    failed = create(pg_store, registry, user, "test.wf_parent", {"children": 1, "fail_keys": ["c0"]})
+    run_all(pg_store, registry)
+    for _ in range(20):
+        pg_store.pause(create(pg_store, registry, user, "test.wf_leaf", {"n": 0}), user_id=user)
+    with pytest.raises(ActiveJobLimitError, match="20 of 20 jobs pending, running or paused"):
+        pg_store.retry_tree(failed, user_id=user, max_active=20)
+
+
+def test_cancelling_a_paused_job_with_a_message_batch_leaves_it_to_a_worker(
+    pg_store: PostgresStore, db, make_user, registry
+) -> None:
+    """A paused job holding a Claude Message Batch is not cancelled at once, or the
+    batch would run on at Anthropic and its cost never reach the job."""
+    user = make_user()
+    job = create(pg_store, registry, user, "test.wf_leaf", {"n": 0})
+    db.execute("update public.ai_jobs set checkpoints = '{\"claude-batch\": {\"id\": \"msgbatch_1\"}}' "
+               "where id = %s", (job,))
+    pg_store.pause(job, user_id=user)
+    flagged = pg_store.request_cancel_tree(job, user_id=user)
+    assert flagged.status is JobStatus.PENDING and flagged.cancel_requested_at is not None
+    assert flagged.run_at <= datetime.now(UTC) and flagged.wait_reason is None
+    plain = create(pg_store, registry, user, "test.wf_leaf", {"n": 1})
+    pg_store.pause(plain, user_id=user)
+    assert pg_store.request_cancel_tree(plain, user_id=user).status is JobStatus.CANCELLED  # no batch: at once
 
 
 def test_delete_is_refused_while_children_are_active(pg_store: PostgresStore, db, make_user, registry) -> None:

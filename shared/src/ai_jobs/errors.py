@@ -23,7 +23,7 @@ class AiJobsError(Exception):
 
 
 class ActiveJobLimitError(AiJobsError):
-    """The owner already has the maximum number of pending or running jobs."""
+    """The owner already has the maximum number of unfinished (pending, running or paused) jobs."""
 
     code = "active_job_limit"
 

@@ -120,7 +120,7 @@ class NewJob(BaseModel):
     parent_id: UUID | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     max_attempts: int = Field(default=3, ge=1, le=100)
-    max_active: int | None = Field(default=None, ge=1, description="per-user cap on pending+running jobs")
+    max_active: int | None = Field(default=None, ge=1, description="per-user cap on unfinished (pending, running or paused) jobs")
     # Checked by the claim: the job starts only while fewer than N of its user's
     # (organization's, concurrency key's) jobs run. None: no limit.
     org_id: str | None = Field(default=None, min_length=1, max_length=200)

@@ -110,7 +110,7 @@ BAD_JOB_ID = _problem(400, "the job id in the path is not a UUID", ["invalid_job
 NOT_FOUND = _problem(404, "no such job, or it belongs to another user (never says which)", ["job_not_found"])
 # 429 on create and retry: the active-job cap, or the daily Claude budget (spend control).
 TOO_MANY = _problem(
-    429, f"too many pending or running jobs for this user (active_job_limit; Retry-After is "
+    429, f"too many unfinished (pending, running or paused) jobs for this user (active_job_limit; Retry-After is "
          f"{ACTIVE_LIMIT_RETRY_AFTER_SECONDS} s), or the user's rolling 24 h Claude budget "
          "(AI_JOBS_USER_DAILY_BUDGET_USD) has no room for this job's cost cap (budget_exceeded: Claude cost recorded "
          "in the last 24 h plus what the user's active jobs may still spend plus this job's cap would pass it; "

@@ -54,10 +54,11 @@ class SqlFunction:
     returns_set: bool = True
 
 
-# v3: v2 plus the Claude cost estimate and cap, reserved against the owner's daily budget.
-ENQUEUE = SqlFunction("ai_jobs_enqueue_v3", returns_set=False)
-# up to 1000 enqueue_v3 calls in one statement and transaction (all or nothing)
-ENQUEUE_MANY = SqlFunction("ai_jobs_enqueue_many_v1", returns_set=False)
+# v4: v3 (the Claude cost estimate and cap, reserved against the owner's daily budget)
+# with the active-job cap counting paused jobs too.
+ENQUEUE = SqlFunction("ai_jobs_enqueue_v4", returns_set=False)
+# up to 1000 enqueues in one statement and transaction (all or nothing), each checked as enqueue_v4
+ENQUEUE_MANY = SqlFunction("ai_jobs_enqueue_many_v2", returns_set=False)
 MAX_ENQUEUE_MANY = 1000
 CLAIM = SqlFunction("ai_jobs_claim_v2")
 HEARTBEAT = SqlFunction("ai_jobs_heartbeat_v1")
@@ -73,8 +74,10 @@ RELEASE = SqlFunction("ai_jobs_release_v1")
 CANCELLED = SqlFunction("ai_jobs_cancelled_v1")
 # v2: a pending job with a Claude Message Batch (step claude-batch) waits for a worker to cancel it.
 REQUEST_CANCEL = SqlFunction("ai_jobs_request_cancel_v2")
-# v2: the retried job's remaining cap is reserved against the owner's daily budget.
-RETRY = SqlFunction("ai_jobs_retry_v2")
+# v4: the retried job's remaining cap is reserved against the owner's daily budget; its
+# failed or cancelled descendants run again too; the active-job cap counts paused jobs
+# and is checked for the job itself, never its children.
+RETRY = SqlFunction("ai_jobs_retry_v4")
 DELETE = SqlFunction("ai_jobs_delete_v1")
 GET = SqlFunction("ai_jobs_get_v1")
 LIST = SqlFunction("ai_jobs_list_v1")
@@ -112,10 +115,10 @@ CHILDREN = SqlFunction("ai_jobs_children_v1")
 PAUSE = SqlFunction("ai_jobs_pause_v1")
 RESUME = SqlFunction("ai_jobs_resume_v1")
 PAUSED = SqlFunction("ai_jobs_paused_v1")
-# v3: v2 plus paused jobs and every unfinished descendant.
-REQUEST_CANCEL_TREE = SqlFunction("ai_jobs_request_cancel_v3")
-# v3: v2 plus the job's failed or cancelled descendants.
-RETRY_TREE = SqlFunction("ai_jobs_retry_v3")
+# v4: v2 plus paused jobs and every unfinished descendant (a paused job with a
+# Claude Message Batch is left to a worker, as a pending one is).
+REQUEST_CANCEL_TREE = SqlFunction("ai_jobs_request_cancel_v4")
+RETRY_TREE = RETRY  # the same function since v4
 # v2: refused while a descendant is unfinished.
 DELETE_TREE = SqlFunction("ai_jobs_delete_v2")
 MAX_SPAWN_MANY = 1000
@@ -525,9 +528,12 @@ class JobStore(ABC):
         max_active: int | None = None,
         daily_budget_usd: float | None = None,
     ) -> Job:
-        """Failed or cancelled -> pending with fresh attempts; completed steps are kept.
-        With `daily_budget_usd`, what the job may still spend under its cap is reserved
-        against the owner's budget (BudgetExceededError when there is no room)."""
+        """Failed or cancelled -> pending with fresh attempts; completed steps are kept,
+        and its failed or cancelled descendants run again too. `max_active` caps the
+        owner's unfinished (pending, running or paused) jobs, this one included, never
+        its children. With `daily_budget_usd`, what the job may still spend under its
+        cap is reserved against the owner's budget (BudgetExceededError when there is
+        no room)."""
         return self._job(
             RETRY,
             {"p_job_id": job_id, "p_user_id": user_id, "p_max_active": max_active,
