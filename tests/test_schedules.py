@@ -80,6 +80,14 @@ def test_time_zone_and_aliases() -> None:
     assert next_tick("@daily", "Asia/Tokyo", utc(2026, 1, 1, 16)) == utc(2026, 1, 2, 15)
 
 
+def test_six_fields_put_seconds_first() -> None:
+    """As the README says: seconds, then the five usual fields (cronsim's order)."""
+    assert next_tick("30 0 6 * * *", "UTC", utc(2026, 7, 3, 7)) == utc(2026, 7, 4, 6, 0, 30)
+    check_schedule("30 0 6 * * *", "UTC", min_interval_seconds=60)
+    with pytest.raises(InvalidScheduleError):  # seconds last is not a schedule: 30 is no day of the week
+        check_schedule("0 6 * * * 30", "UTC", min_interval_seconds=60)
+
+
 @pytest.mark.parametrize(
     ("cron", "timezone", "field"),
     [

@@ -29,7 +29,7 @@ class CreateScheduleRequest(BaseModel):
     cron: str = Field(
         min_length=1, max_length=200,
         description="5 fields (minute hour day-of-month month day-of-week), or @hourly, @daily, @weekly, @monthly, "
-                    "@yearly; a 6th field is seconds. Two ticks closer than AI_JOBS_SCHEDULE_MIN_INTERVAL_SECONDS "
+                    "@yearly; six fields put seconds first (30 0 6 * * *: 06:00:30). Two ticks closer than AI_JOBS_SCHEDULE_MIN_INTERVAL_SECONDS "
                     "(default 60) are refused",
     )
     timezone: str = Field(default="UTC", min_length=1, max_length=64,
