@@ -13,6 +13,7 @@ list, and lists nothing it cannot answer.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import uuid
 from collections.abc import Callable, Iterator
@@ -365,6 +366,12 @@ WORKER = {"Authorization": f"Bearer {WORKER_SECRET}"}
 NOT_A_UUID = "not-a-uuid"
 SOMEONE = str(uuid.UUID(int=42))
 
+def _cut_short(w: World, path: str, headers: dict[str, str]) -> TestResponse:
+    """A body that ends (the connection closes) before its Content-Length."""
+    return w.client.post(path, content_type="application/json", headers=headers,
+                         environ_overrides={"wsgi.input": io.BytesIO(b'{"type": "exa'), "CONTENT_LENGTH": "100"})
+
+
 SCENARIOS: list[Scenario] = [
     # POST /api/jobs
     Scenario("POST", "/api/jobs", 202, "created", lambda w: w.post_json("/api/jobs", countdown(), headers=w.auth()),
@@ -380,6 +387,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("POST", "/api/jobs", 400, "empty body",
              lambda w: w.client.post("/api/jobs", data="", content_type="application/json", headers=w.auth()),
              _problem_code("empty_body")),
+    Scenario("POST", "/api/jobs", 400, "body cut short", lambda w: _cut_short(w, "/api/jobs", w.auth()),
+             _problem_code("malformed_body")),
     Scenario("POST", "/api/jobs", 400, "blank Idempotency-Key",
              lambda w: w.post_json("/api/jobs", countdown(), headers={**w.auth(), "Idempotency-Key": "  "}),
              _problem_code("invalid_idempotency_key")),
@@ -557,6 +566,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("POST", SCHEDULES, 400, "malformed JSON",
              lambda w: w.client.post(SCHEDULES, data="{", content_type="application/json", headers=w.auth()),
              _problem_code("invalid_json")),
+    Scenario("POST", SCHEDULES, 400, "body cut short", lambda w: _cut_short(w, SCHEDULES, w.auth()),
+             _problem_code("malformed_body")),
     Scenario("POST", SCHEDULES, 401, "no token", lambda w: w.post_json(SCHEDULES, hourly())),
     Scenario("POST", SCHEDULES, 409, "per-user schedule cap",
              lambda w: ([w.schedule() for _ in range(MAX_SCHEDULES)],
@@ -620,6 +631,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("POST", WORK, 400, "malformed JSON",
              lambda w: w.client.post(WORK, data="{", content_type="application/json", headers=WORKER),
              _problem_code("invalid_json")),
+    Scenario("POST", WORK, 400, "body cut short", lambda w: _cut_short(w, WORK, WORKER),
+             _problem_code("malformed_body")),
     Scenario("POST", WORK, 401, "wrong secret", lambda w: w.post_json(WORK, {}, headers={"Authorization": "Bearer nope"})),
     Scenario("POST", WORK, 401, "a user's token", lambda w: w.post_json(WORK, {}, headers=w.auth())),
     Scenario("POST", WORK, 413, "body over 4096 bytes",

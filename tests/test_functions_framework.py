@@ -4,8 +4,10 @@ command line."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import uuid
 import subprocess
 import sys
 import time
@@ -90,6 +92,36 @@ def test_the_readme_command_serves_the_api(database_url: str) -> None:
         assert response.status_code == 200 and response.json()["database"] == "ok"
         missing = httpx.get(f"http://127.0.0.1:{port}/api/no-such-route", timeout=5)
         assert missing.status_code == 404 and missing.headers["content-type"] == "application/problem+json"
+        # gunicorn de-chunks the body itself; a chunk size it refuses is a 400 problem, not a 500
+        head = (f"POST /api/jobs HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {user_token(uuid.uuid4())}\r\n"
+                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+        for body in (b"zz\r\n{}\r\n0\r\n\r\n", b"ffffffffffffffffffff\r\n{}\r\n0\r\n\r\n", b"100\r\n{}"):
+            status, content_type, problem = _raw_post(port, head + body)
+            assert (status, content_type, problem["code"]) == (400, "application/problem+json", "malformed_body"), problem
+        assert proc.poll() is None and httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5).status_code == 200
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _raw_post(port: int, request: bytes) -> tuple[int, str, dict]:
+    """Send raw bytes, end our side, read the answer to the close: status, Content-Type, JSON body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    if headers.get("transfer-encoding") == "chunked":  # gunicorn may chunk the answer
+        decoded = b""
+        while body:
+            size_line, _, rest = body.partition(b"\r\n")
+            size = int(size_line, 16)
+            if not size:
+                break
+            decoded, body = decoded + rest[:size], rest[size + 2:]
+        body = decoded
+    return int(lines[0].split()[1]), headers.get("content-type", ""), json.loads(body)

@@ -3,7 +3,10 @@ never creates or corrupts a job."""
 
 from __future__ import annotations
 
+import io
 import json
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -11,6 +14,8 @@ import httpx
 import psycopg
 import pytest
 
+from ai_jobs.http.io import MalformedBodyError
+from ai_jobs.http.server import ChunkedBody
 from tests.api_server import WORKER_SECRET, ApiServer, start_server
 from tests.conftest import user_token
 
@@ -108,3 +113,192 @@ def test_internal_work_rejects_bad_bodies(server: ApiServer) -> None:
         for body in (b"{x", b'{"job_id": "nope"}', b'{"job_id": 1}', b'{"extra": 1}', b"[]"):
             r = client.post("/api/internal/work", content=body, headers=JSON)
             assert 400 <= r.status_code < 500, (body, r.status_code, r.text)
+
+
+# -- chunked bodies on the local server (`ai-jobs serve`/`dev`) ------------------------
+
+LIMIT = 65536  # the module's server: AI_JOBS_MAX_BODY_BYTES
+PROBLEM = "application/problem+json"
+
+
+def _raw(server: ApiServer, head: bytes, body: bytes, *, half_close: bool = True) -> tuple[int, dict[str, str], bytes]:
+    """Send a request as raw bytes, end our side (as a client whose upload stops does),
+    and read the answer up to the server's close: status, headers, body."""
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head + body)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert data, "the server closed the connection without an answer"
+    head_bytes, _, payload = data.partition(b"\r\n\r\n")
+    lines = head_bytes.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, payload
+
+
+def _chunked_head(token: str, path: str = "/api/jobs") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+
+
+def _chunked(body: bytes, size: int) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size])
+                    for i in range(0, len(body), size)) + b"0\r\n\r\n"
+
+
+def _job_body(size: int) -> bytes:
+    """A valid create body of exactly `size` bytes (padded in metadata)."""
+    base = {"type": "example.countdown", "input": {"steps": 1, "step_seconds": 0}, "metadata": {"pad": ""}}
+    base["metadata"]["pad"] = "a" * (size - len(json.dumps(base)))
+    body = json.dumps(base).encode()
+    assert len(body) == size
+    return body
+
+
+def _assert_malformed(status: int, headers: dict[str, str], payload: bytes) -> None:
+    assert status == 400 and headers["content-type"] == PROBLEM, (status, headers, payload[:300])
+    problem = json.loads(payload)
+    assert problem["code"] == "malformed_body" and problem["type"] == "urn:ai-jobs:problem:malformed_body"
+    assert problem["status"] == 400 and problem["detail"]
+
+
+def _assert_still_serving(server: ApiServer, token: str) -> None:
+    assert server.process.poll() is None, f"the server died (exit {server.process.returncode})"
+    with server.client(token) as client:
+        assert client.get("/api/health").status_code == 200
+        created = client.post("/api/jobs", json={"type": "example.countdown", "input": {"steps": 1, "step_seconds": 0}})
+        assert created.status_code == 202, created.text
+
+
+BODY = json.dumps({"type": "example.countdown", "input": {"steps": 1, "step_seconds": 0}}).encode()
+
+
+@pytest.mark.parametrize("size_line", [b"zz", b"-5", b"0x10", b"1_0", b" 5", b"ffffffffffffffffffff", b"5;" + b"x" * 5000],
+                         ids=["not-hex", "negative", "0x-prefix", "underscore", "leading-space", "20-digits",
+                              "over-4KiB-line"])
+def test_malformed_chunk_size_is_a_400_problem(server: ApiServer, make_user, size_line) -> None:
+    token = user_token(make_user())
+    _assert_malformed(*_raw(server, _chunked_head(token), size_line + b"\r\n" + BODY + b"\r\n0\r\n\r\n"))
+    _assert_still_serving(server, token)
+
+
+@pytest.fixture(scope="module")
+def default_server(database_url: str) -> Iterator[ApiServer]:
+    """The default 256 KiB body limit: the old de-chunker's out-of-bounds read was large enough to crash."""
+    srv = start_server(database_url)
+    yield srv
+    srv.stop()
+
+
+def test_a_chunk_larger_than_the_data_sent_then_a_close_does_not_crash_the_server(default_server: ApiServer,
+                                                                                 make_user) -> None:
+    """werkzeug's de-chunker reported more bytes than it had read: CPython read past the
+    buffer (a 413 for a 70-byte body) and the server died (SIGSEGV). Now: 400, and the
+    server answers what comes next."""
+    server = default_server
+    token = user_token(make_user())
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    for size_line in (b"ffffffffffffffffffff", b"ffffffffffffffff", b"7fffffff"):
+        request = _chunked_head(token) + size_line + b"\r\n" + BODY + b"\r\n0\r\n\r\n"
+        for _ in range(3):  # the client gives up and closes the connection without reading
+            with socket.create_connection((host, int(port)), timeout=30) as sock:
+                sock.sendall(request)
+                time.sleep(0.2)
+            time.sleep(0.2)
+            assert server.process.poll() is None, f"the server died (exit {server.process.returncode})"
+        for _ in range(3):  # the client ends its side and reads the answer
+            _assert_malformed(*_raw(server, _chunked_head(token), size_line + b"\r\n" + BODY + b"\r\n0\r\n\r\n"))
+    _assert_still_serving(server, token)
+
+
+@pytest.mark.parametrize("body", [
+    b"100\r\n" + BODY[:10],  # inside a chunk
+    b"%x\r\n%s" % (len(BODY), BODY),  # after a chunk's data, before its CRLF
+    b"%x\r\n%s\r\n" % (len(BODY), BODY),  # before the last chunk
+    b"%x\r\n%s\r\n0\r\n" % (len(BODY), BODY),  # before the empty line that ends the body
+    b"%x\r\n%sXY0\r\n\r\n" % (len(BODY), BODY),  # data longer than its chunk size
+], ids=["inside-a-chunk", "before-crlf", "before-last-chunk", "before-final-crlf", "data-longer-than-size"])
+def test_a_chunked_upload_cut_short_is_a_400_problem(server: ApiServer, make_user, database_url: str, body) -> None:
+    token = user_token(make_user())
+    _assert_malformed(*_raw(server, _chunked_head(token), body))
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("select count(*) from public.ai_jobs").fetchone()[0] == 0
+    _assert_still_serving(server, token)
+
+
+def test_a_content_length_upload_cut_short_is_a_400_problem(server: ApiServer, make_user) -> None:
+    token = user_token(make_user())
+    head = (f"POST /api/jobs HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(BODY) + 100}\r\n\r\n").encode()
+    _assert_malformed(*_raw(server, head, BODY))
+
+
+def test_a_valid_chunked_body_in_many_chunks_creates_the_job(server: ApiServer, make_user) -> None:
+    token = user_token(make_user())
+    plain = _chunked(BODY, 7)
+    extended = plain.replace(b"\r\n", b";ext=1\r\n", 1)  # a chunk extension (RFC 9112 7.1.1, ignored)
+    extended = extended[:-2] + b"X-Trailer: 1\r\n\r\n"  # and a trailer field (7.1.2, ignored)
+    for body in (plain, extended):
+        status, headers, payload = _raw(server, _chunked_head(token), body)
+        assert status == 202, payload[:300]
+        assert json.loads(payload)["job_type"] == "example.countdown"
+
+
+def test_chunked_body_at_the_limit_passes_and_one_byte_more_is_413(server: ApiServer, make_user) -> None:
+    token = user_token(make_user())
+    status, _, payload = _raw(server, _chunked_head(token), _chunked(_job_body(LIMIT), 4000))
+    assert status == 202, payload[:300]
+    status, headers, payload = _raw(server, _chunked_head(token), _chunked(_job_body(LIMIT + 1), 4000))
+    assert status == 413 and headers["content-type"] == PROBLEM and json.loads(payload)["code"] == "body_too_large"
+    # one byte too many is enough: the client has not finished (no last chunk) when the 413 comes
+    status, _, payload = _raw(server, _chunked_head(token), _chunked(b"a" * (LIMIT + 1), LIMIT + 1)[:-5],
+                              half_close=False)
+    assert status == 413 and json.loads(payload)["code"] == "body_too_large"
+
+
+def test_the_worker_endpoint_answers_a_malformed_chunked_body_with_400(server: ApiServer) -> None:
+    head = (f"POST /api/internal/work HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {WORKER_SECRET}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    _assert_malformed(*_raw(server, head, b"zz\r\n{}\r\n0\r\n\r\n"))
+
+
+# -- the de-chunker itself ---------------------------------------------------------------
+
+
+def _dechunk(raw: bytes, read_size: int) -> bytes:
+    stream = ChunkedBody(io.BufferedReader(io.BytesIO(raw)))  # type: ignore[arg-type]
+    out = b""
+    while piece := stream.read(read_size):
+        assert len(piece) <= read_size
+        out += piece
+    return out
+
+
+@pytest.mark.parametrize("read_size", [1, 3, 7, 64, 65537])
+def test_chunked_body_decodes_valid_framing(read_size: int) -> None:
+    body = bytes(range(256)) * 40
+    assert _dechunk(_chunked(body, 1000), read_size) == body
+    assert _dechunk(_chunked(body, 1), read_size) == body
+    assert _dechunk(b"5;a=b\r\nhello\r\n6 \r\n world\r\n0\r\nT: 1\r\n\r\n", read_size) == b"hello world"
+    assert _dechunk(b"0\r\n\r\n", read_size) == b""
+
+
+@pytest.mark.parametrize("raw", [b"ffffffffffffffff\r\n" + BODY, b"7fffffff\r\n" + BODY + b"\r\n0\r\n\r\n",
+                                 b"ffffffffffffffffffff\r\n" + BODY, b"zz\r\n", b"5\nhello\r\n0\r\n\r\n", b"",
+                                 b"5\r\nhel", b"5\r\nhello\r\n0\r\n" + b"T: 1\r\n" * 101 + b"\r\n"])
+def test_chunked_body_never_reports_more_than_it_copied(raw: bytes) -> None:
+    """The bytes a read returns are exactly the body's bytes so far, then a
+    MalformedBodyError (werkzeug's DechunkedInput returned 64 KiB of whatever was in
+    memory for the first case)."""
+    stream = ChunkedBody(io.BufferedReader(io.BytesIO(raw)))  # type: ignore[arg-type]
+    got = b""
+    with pytest.raises(MalformedBodyError):
+        for _ in range(100):
+            piece = stream.read(65537)
+            got += piece
+    assert BODY.startswith(got) or b"hello".startswith(got)
+    with pytest.raises(MalformedBodyError):  # and it stays failed
+        stream.read(10)

@@ -6,12 +6,14 @@ cost a cold start ~0.4 s of imports it did not need."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 from werkzeug.wrappers import Request, Response
 
 from ai_jobs.http.problems import PROBLEM_JSON, Problem, field_errors
@@ -22,6 +24,15 @@ if TYPE_CHECKING:
     from ai_jobs.http.services import Services
 
 M = TypeVar("M", bound=BaseModel)
+
+log = logging.getLogger(__name__)
+
+
+class MalformedBodyError(OSError):
+    """The request body's framing is broken: a malformed `Transfer-Encoding: chunked`
+    (a bad chunk size, a chunk not ended by CRLF) or a body that stops before its
+    last chunk. Raised by the local server's de-chunker; `read_body` answers it with
+    400 malformed_body."""
 
 
 class ApiRequest(Request):
@@ -93,16 +104,34 @@ def read_body(request: Request, max_bytes: int) -> bytes:
     length = request.content_length
     if length is not None and length > max_bytes:
         raise Problem(413, "body_too_large", f"request body is {length} bytes; the limit is {max_bytes}")
-    stream = request.stream  # werkzeug: bounded by Content-Length, or de-chunked
+    stream = request.stream  # werkzeug: bounded by Content-Length, or de-chunked by the server
     parts: list[bytes] = []
     size = 0
     while size <= max_bytes:
-        chunk = stream.read(min(READ_CHUNK_BYTES, max_bytes + 1 - size))
+        chunk = _read_some(stream, min(READ_CHUNK_BYTES, max_bytes + 1 - size))
         if not chunk:
             return b"".join(parts)
         parts.append(chunk)
         size += len(chunk)
     raise Problem(413, "body_too_large", f"request body exceeds {max_bytes} bytes")
+
+
+def _read_some(stream: Any, size: int) -> bytes:
+    """One read of the body; a body that cannot be read is 400 malformed_body, never a 500."""
+    try:
+        return stream.read(size)
+    except MalformedBodyError as exc:  # the local server's de-chunker
+        raise Problem(400, "malformed_body", str(exc)) from None
+    except ClientDisconnected:  # werkzeug: fewer bytes than Content-Length, then the connection ended
+        raise Problem(400, "malformed_body",
+                      "the request body ended before its Content-Length: the connection closed early") from None
+    except HTTPException:
+        raise
+    except Exception as exc:  # noqa: BLE001 - another server's body reader (gunicorn's chunk parser, a reset socket)
+        log.warning("could not read the request body: %s: %s", type(exc).__name__, exc)
+        raise Problem(400, "malformed_body",
+                      f"the request body could not be read ({type(exc).__name__}): malformed chunked encoding "
+                      "or a connection that closed early") from None
 
 
 def read_json(request: Request, model: type[M], *, max_bytes: int, max_depth: int, allow_empty: bool = False) -> M:

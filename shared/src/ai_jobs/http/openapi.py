@@ -119,7 +119,11 @@ TOO_MANY = _problem(
          "active jobs hold the budget)",
     ["active_job_limit", "budget_exceeded"], RETRY_AFTER,
 )
-MALFORMED_JSON = ["invalid_json"]
+# A body that is not JSON, or that cannot be read: a malformed `Transfer-Encoding: chunked`
+# framing or a connection that ends before the body does (malformed_body).
+MALFORMED_JSON = ["invalid_json", "malformed_body"]
+UNREADABLE = ("a body that cannot be read (malformed chunked encoding, or the connection closing before the "
+              "body's end)")
 TOO_LARGE = _problem(413, "request body over the size limit", ["body_too_large"])
 NOT_JSON = _problem(415, "a body sent with a Content-Type other than application/json (or +json)",
                     ["unsupported_media_type"])
@@ -160,7 +164,8 @@ def _schedule_paths() -> dict[str, Any]:
                                 "content": {"application/json": {"schema": _ref(CreateScheduleRequest)}}},
                 "responses": {
                     "201": _json(PublicSchedule, "created"),
-                    "400": _problem(400, "malformed JSON or an empty body", [*MALFORMED_JSON, "empty_body"]),
+                    "400": _problem(400, f"malformed JSON, {UNREADABLE} or an empty body",
+                                    [*MALFORMED_JSON, "empty_body"]),
                     "401": UNAUTHORIZED,
                     "409": _problem(409, "you already have AI_JOBS_MAX_SCHEDULES_PER_USER schedules (default 20)",
                                     ["schedule_limit"]),
@@ -229,7 +234,8 @@ def openapi_document() -> dict[str, Any]:
                 "responses": {
                     "200": _json(Job, "an earlier job with the same idempotency key (nothing new is created)", LOCATION),
                     "202": _json(Job, "created (pending) and handed to a worker", LOCATION),
-                    "400": _problem(400, "malformed JSON, an empty body, or a bad Idempotency-Key header",
+                    "400": _problem(400, f"malformed JSON, {UNREADABLE}, an empty body, or a bad "
+                                         "Idempotency-Key header",
                                     [*MALFORMED_JSON, "empty_body", "invalid_idempotency_key"]),
                     "401": UNAUTHORIZED,
                     "413": TOO_LARGE,
@@ -326,7 +332,7 @@ def openapi_document() -> dict[str, Any]:
                 "requestBody": {"required": False, "content": {"application/json": {"schema": _ref(WorkRequest)}}},
                 "responses": {
                     "200": _json(WorkResult, "what ran"),
-                    "400": _problem(400, "malformed JSON", MALFORMED_JSON),
+                    "400": _problem(400, f"malformed JSON or {UNREADABLE}", MALFORMED_JSON),
                     "401": _problem(401, "wrong or missing WORKER_SECRET, or none configured", ["unauthorized"],
                                     WWW_AUTHENTICATE),
                     "413": _problem(413, "body over 4096 bytes", ["body_too_large"]),

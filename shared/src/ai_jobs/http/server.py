@@ -4,20 +4,28 @@ sweep on a timer standing in for Vercel Cron."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
+from typing import IO, TYPE_CHECKING
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from werkzeug import serving
 from werkzeug.serving import WSGIRequestHandler, make_server
 
+from ai_jobs.http.io import MalformedBodyError
 from ai_jobs.http.problems import PROBLEM_JSON, Problem
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+    from _typeshed.wsgi import WSGIEnvironment
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +99,115 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+# A chunk-size line (RFC 9112 7.1): 1 to 16 hex digits (a 64-bit size), optional
+# extensions (ignored), CRLF. Longer lines, other characters or a bare LF are refused.
+_CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r\n")
+_CHUNK_LINE_LIMIT = 4096  # bytes in a chunk-size line (with extensions) or a trailer line
+_MAX_TRAILER_LINES = 100
+
+
+class ChunkedBody(io.RawIOBase):
+    """A `Transfer-Encoding: chunked` request body, de-chunked strictly, in place of
+    werkzeug's DechunkedInput: that one accepted any int() (`-0`, `0x10`, `1_0`),
+    raised a bare OSError for a bad size, and for a chunk announced larger than the
+    data sent before the client closed it reported more bytes than it had copied,
+    so CPython read past the buffer and the server crashed (SIGSEGV).
+
+    Here a chunk size is 1 to 16 hex digits on a line of at most 4 KiB ending in
+    CRLF, each chunk's data must be followed by CRLF, the last chunk (size 0) by at
+    most 100 trailer lines (ignored) and an empty line; `readinto` only ever reports
+    the bytes it copied. Anything else, or the connection ending before the last
+    chunk, raises MalformedBodyError (400 malformed_body). Reads block until the
+    buffer is full or the body ends, so a caller asking for its limit plus one byte
+    gets its answer as soon as that byte arrives."""
+
+    def __init__(self, rfile: IO[bytes]) -> None:
+        super().__init__()
+        self._rfile = rfile
+        self._left = 0  # bytes still to come in the current chunk
+        self._after_data = False  # a chunk's data was read: its CRLF comes next
+        self._done = False
+        self._error: MalformedBodyError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        if self._error is not None:
+            raise self._error
+        view = memoryview(buffer).cast("B")
+        filled = 0
+        try:
+            while filled < len(view) and not self._done:
+                if self._left == 0:
+                    self._next_chunk()
+                    continue
+                data = self._rfile.read(min(self._left, len(view) - filled))
+                if not data:
+                    raise MalformedBodyError("the request body ended inside a chunk: the connection closed before "
+                                             "the chunk's announced size had arrived")
+                view[filled:filled + len(data)] = data
+                filled += len(data)
+                self._left -= len(data)
+        except MalformedBodyError as exc:
+            self._error = exc
+            raise
+        return filled
+
+    def _line(self, what: str) -> bytes:
+        line = self._rfile.readline(_CHUNK_LINE_LIMIT + 1)
+        if not line:
+            raise MalformedBodyError(f"the request body ended before its last chunk: the connection closed "
+                                     f"where {what} was expected")
+        if not line.endswith(b"\n"):
+            if len(line) > _CHUNK_LINE_LIMIT:
+                raise MalformedBodyError(f"malformed chunked body: a line over {_CHUNK_LINE_LIMIT} bytes where "
+                                         f"{what} was expected")
+            raise MalformedBodyError(f"the request body ended before its last chunk: the connection closed "
+                                     f"inside {what}")
+        return line
+
+    def _next_chunk(self) -> None:
+        if self._after_data:
+            end = self._rfile.read(2)
+            if end != b"\r\n":
+                if len(end) < 2 and b"\r\n".startswith(end):
+                    raise MalformedBodyError("the request body ended before its last chunk: the connection closed "
+                                             "after a chunk's data")
+                raise MalformedBodyError("malformed chunked body: a chunk's data is not followed by CRLF (the "
+                                         "data is longer than its chunk size)")
+            self._after_data = False
+        line = self._line("a chunk-size line")
+        match = _CHUNK_SIZE_LINE.fullmatch(line)
+        if match is None:
+            shown = line[:40].decode("latin-1")
+            raise MalformedBodyError(f"malformed chunked body: chunk size line {shown!r} is not 1 to 16 hexadecimal "
+                                     "digits (optionally ;extensions) followed by CRLF")
+        size = int(match.group(1), 16)
+        if size:
+            self._left = size
+            self._after_data = True
+            return
+        for _ in range(_MAX_TRAILER_LINES + 1):  # the last chunk: trailer fields (ignored), then an empty line
+            if self._line("the end of the chunked body") == b"\r\n":
+                self._done = True
+                return
+        raise MalformedBodyError(f"malformed chunked body: more than {_MAX_TRAILER_LINES} trailer lines")
+
+
 class ProblemRequestHandler(WSGIRequestHandler):
     """werkzeug's handler, except that the errors http.server answers on its own (a
     request line over 64 KiB: 414; a header line over 64 KiB or more than 100 headers:
-    431; a malformed request line: 400) are problem+json like the app's, not HTML."""
+    431; a malformed request line: 400) are problem+json like the app's, not HTML, and
+    a chunked body is read by ChunkedBody."""
+
+    def make_environ(self) -> WSGIEnvironment:
+        """werkzeug's environ, with our strict ChunkedBody as the input of a chunked
+        request instead of werkzeug's DechunkedInput (see ChunkedBody)."""
+        environ = super().make_environ()
+        if isinstance(environ["wsgi.input"], serving.DechunkedInput):
+            environ["wsgi.input"] = ChunkedBody(self.rfile)
+        return environ
 
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         """One line per request: method, path (secret query values masked), status, size."""
