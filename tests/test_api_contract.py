@@ -15,11 +15,13 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest import mock
 
 import pytest
 from jsonschema import Draft202012Validator
@@ -30,6 +32,7 @@ from werkzeug.test import Client, TestResponse
 from ai_jobs.claude.spend import SpendSettings
 from ai_jobs.http.app import App, create_app
 from ai_jobs.http.openapi import openapi_document
+from ai_jobs.http.problems import PROBLEM_JSON
 from ai_jobs.http.services import Services
 from ai_jobs.models import JobError, NewJob
 from ai_jobs.registry import load_job_modules
@@ -91,6 +94,24 @@ def keys_down_app() -> Iterator[App]:
                         registry=load_job_modules())
     yield create_app(services)
     services.close()
+
+
+@pytest.fixture(scope="module")
+def no_job_types_app(database_url: str) -> Iterator[App]:
+    """The job types' modules fail to import: no registry given, so each request that
+    needs one loads it, while _without_job_types has AI_JOBS_JOB_MODULES name a module
+    that does not exist."""
+    services = Services(settings=_settings(database_url=database_url))
+    yield create_app(services)
+    services.close()
+
+
+def _without_job_types(send: Send) -> Send:
+    def wrapped(w: World) -> TestResponse:
+        with mock.patch.dict(os.environ, {"AI_JOBS_JOB_MODULES": "no_such_module_for_ai_jobs_contract"}):
+            return send(w)
+
+    return wrapped
 
 
 # -- the world a scenario runs in ------------------------------------------------
@@ -162,7 +183,7 @@ class Scenario:
     name: str
     send: Send
     check: Check | None = None
-    app: str = "live"  # live | down | keys_down
+    app: str = "live"  # live | down | keys_down | no_job_types
 
     @property
     def id(self) -> str:
@@ -392,6 +413,9 @@ SCENARIOS: list[Scenario] = [
     Scenario("POST", "/api/jobs", 400, "blank Idempotency-Key",
              lambda w: w.post_json("/api/jobs", countdown(), headers={**w.auth(), "Idempotency-Key": "  "}),
              _problem_code("invalid_idempotency_key")),
+    Scenario("POST", "/api/jobs", 500, "job types fail to import",
+             _without_job_types(lambda w: w.post_json("/api/jobs", countdown(), headers=w.auth())),
+             _problem_code("job_types_unavailable"), app="no_job_types"),
     Scenario("POST", "/api/jobs", 401, "no token", lambda w: w.post_json("/api/jobs", countdown())),
     Scenario("POST", "/api/jobs", 401, "token signed with another secret",
              lambda w: w.post_json("/api/jobs", countdown(),
@@ -568,6 +592,9 @@ SCENARIOS: list[Scenario] = [
              _problem_code("invalid_json")),
     Scenario("POST", SCHEDULES, 400, "body cut short", lambda w: _cut_short(w, SCHEDULES, w.auth()),
              _problem_code("malformed_body")),
+    Scenario("POST", SCHEDULES, 500, "job types fail to import",
+             _without_job_types(lambda w: w.post_json(SCHEDULES, hourly(), headers=w.auth())),
+             _problem_code("job_types_unavailable"), app="no_job_types"),
     Scenario("POST", SCHEDULES, 401, "no token", lambda w: w.post_json(SCHEDULES, hourly())),
     Scenario("POST", SCHEDULES, 409, "per-user schedule cap",
              lambda w: ([w.schedule() for _ in range(MAX_SCHEDULES)],
@@ -622,6 +649,9 @@ SCENARIOS: list[Scenario] = [
     )],
     # the rest
     Scenario("GET", "/api/job-types", 200, "registered types", lambda w: w.client.get("/api/job-types"), _lists_countdown),
+    Scenario("GET", "/api/job-types", 500, "job types fail to import",
+             _without_job_types(lambda w: w.client.get("/api/job-types")), _problem_code("job_types_unavailable"),
+             app="no_job_types"),
     Scenario("GET", "/api/health", 200, "database up", lambda w: w.client.get("/api/health"), _health("ok")),
     Scenario("GET", "/api/health", 503, "database down", lambda w: w.client.get("/api/health"), _health("degraded"),
              app="down"),
@@ -633,6 +663,9 @@ SCENARIOS: list[Scenario] = [
              _problem_code("invalid_json")),
     Scenario("POST", WORK, 400, "body cut short", lambda w: _cut_short(w, WORK, WORKER),
              _problem_code("malformed_body")),
+    Scenario("POST", WORK, 500, "job types fail to import",
+             _without_job_types(lambda w: w.client.post(WORK, headers=WORKER)),
+             _problem_code("job_types_unavailable"), app="no_job_types"),
     Scenario("POST", WORK, 401, "wrong secret", lambda w: w.post_json(WORK, {}, headers={"Authorization": "Bearer nope"})),
     Scenario("POST", WORK, 401, "a user's token", lambda w: w.post_json(WORK, {}, headers=w.auth())),
     Scenario("POST", WORK, 413, "body over 4096 bytes",
@@ -647,6 +680,9 @@ SCENARIOS: list[Scenario] = [
              _problem_code("store_unavailable"), app="down"),
     Scenario("GET", SWEEP, 200, "sweeps", lambda w: w.client.get(SWEEP, headers={"Authorization": f"Bearer {CRON_SECRET}"})),
     Scenario("GET", SWEEP, 401, "wrong secret", lambda w: w.client.get(SWEEP, headers=WORKER)),
+    Scenario("GET", SWEEP, 500, "job types fail to import",
+             _without_job_types(lambda w: w.client.get(SWEEP, headers={"Authorization": f"Bearer {CRON_SECRET}"})),
+             _problem_code("job_types_unavailable"), app="no_job_types"),
     Scenario("GET", SWEEP, 503, "database down",
              lambda w: w.client.get(SWEEP, headers={"Authorization": f"Bearer {CRON_SECRET}"}),
              _problem_code("store_unavailable"), app="down"),
@@ -752,3 +788,24 @@ def test_scenario_answers_as_documented(scenario: Scenario, request: pytest.Fixt
     assert_conforms(scenario, response)
     if scenario.check is not None:
         scenario.check(world, response)
+
+
+# One successful scenario per operation (the first in the table).
+FIRST_SUCCESS = list({(s.method, s.path): s for s in reversed(SCENARIOS) if s.status < 300 and s.app == "live"}.values())
+
+
+@pytest.mark.parametrize("scenario", FIRST_SUCCESS, ids=lambda s: s.id)
+def test_exactly_the_operations_documented_with_job_types_unavailable_need_the_job_types(
+        scenario: Scenario, request: pytest.FixtureRequest, make_user) -> None:
+    """With the job types' modules failing to import, each operation's successful
+    request answers 500 job_types_unavailable if, and only if, the document lists
+    that 500 for the operation; the others answer as usual."""
+    app: App = request.getfixturevalue("no_job_types_app")
+    live: App = request.getfixturevalue("live_app")
+    world = World(app.test_client(), live.services.store, make_user(), make_user())
+    response = _without_job_types(scenario.send)(world)
+    codes = declared(scenario.method, scenario.path).get("500", {}).get("content", {}).get(PROBLEM_JSON, {})
+    if "job_types_unavailable" in json.dumps(codes):
+        assert response.status_code == 500 and response.json["code"] == "job_types_unavailable", scenario.id
+    else:
+        assert response.status_code == scenario.status, f"{scenario.id}: {response.status_code} {response.data[:200]!r}"

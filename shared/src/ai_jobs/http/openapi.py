@@ -106,6 +106,13 @@ UNAVAILABLE = _problem(
 )
 STORE_UNAVAILABLE = _problem(503, "the job store could not be reached; try again shortly", ["store_unavailable"],
                              RETRY_AFTER)
+# 500 on the operations that need the job types (services.registry): a create, a schedule,
+# the job-type listing, a worker invocation and the sweep.
+TYPES_UNAVAILABLE = _problem(
+    500, "the job types' modules (the built-in ones or AI_JOBS_JOB_MODULES) failed to import: a deployment error, "
+         "with the error in the function's log; the next request tries the import again",
+    ["job_types_unavailable"],
+)
 BAD_JOB_ID = _problem(400, "the job id in the path is not a UUID", ["invalid_job_id"])
 NOT_FOUND = _problem(404, "no such job, or it belongs to another user (never says which)", ["job_not_found"])
 # 429 on create and retry: the active-job cap, or the daily Claude budget (spend control).
@@ -180,6 +187,7 @@ def _schedule_paths() -> dict[str, Any]:
                          "invalid_input", "invalid_argument", "model_not_allowed", "model_not_priced",
                          "max_tokens_too_large", "too_many_calls", "job_cost_too_high"],
                     ),
+                    "500": TYPES_UNAVAILABLE,
                     "503": UNAVAILABLE,
                 },
             },
@@ -257,6 +265,7 @@ def openapi_document() -> dict[str, Any]:
                          "job_cost_too_high"],
                     ),
                     "429": TOO_MANY,
+                    "500": TYPES_UNAVAILABLE,
                     "503": UNAVAILABLE,
                 },
             },
@@ -311,7 +320,8 @@ def openapi_document() -> dict[str, Any]:
         "/api/job-types": {
             "get": {"summary": "Registered job types with their input and output schemas",
                     "responses": {"200": _json(JobTypeList, "job types", {
-                        "Cache-Control": _header("public, max-age=60")})}},
+                        "Cache-Control": _header("public, max-age=60")}),
+                                  "500": TYPES_UNAVAILABLE}},
         },
         "/api/health": {
             "get": {"summary": "Liveness and database reachability",
@@ -339,6 +349,7 @@ def openapi_document() -> dict[str, Any]:
                     "415": NOT_JSON,
                     "422": _problem(422, "the body is not a valid work request",
                                     ["invalid_body", "invalid_json_value", "too_deep"]),
+                    "500": TYPES_UNAVAILABLE,
                     "503": STORE_UNAVAILABLE,
                 },
             },
@@ -351,6 +362,7 @@ def openapi_document() -> dict[str, Any]:
                     "200": _json(SweepReport, "what the sweep did"),
                     "401": _problem(401, "wrong or missing CRON_SECRET, or none configured", ["unauthorized"],
                                     WWW_AUTHENTICATE),
+                    "500": TYPES_UNAVAILABLE,
                     "503": STORE_UNAVAILABLE,
                 },
             },
