@@ -68,6 +68,13 @@ def test_unknown_route_is_problem_json(client: FlaskClient) -> None:
     assert response.get_json()["status"] == 404
 
 
+def test_doubled_slashes_are_a_404_problem_not_a_redirect(client: FlaskClient) -> None:
+    for path in ("/api//jobs", "/api//health", "//api//jobs"):
+        response = client.get(path, environ_overrides={"PATH_INFO": path}, headers={"Host": "evil.example"})
+        assert response.status_code == 404 and "Location" not in response.headers, (path, response.status_code)
+        assert response.mimetype == "application/problem+json" and response.get_json()["code"] == "not_found"
+
+
 def test_the_readme_command_serves_the_api(database_url: str) -> None:
     """`functions-framework --target api --source functions/app.py` (gunicorn)."""
     with socket.socket() as probe:
@@ -96,16 +103,19 @@ def test_the_readme_command_serves_the_api(database_url: str) -> None:
         head = (f"POST /api/jobs HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {user_token(uuid.uuid4())}\r\n"
                 "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
         for body in (b"zz\r\n{}\r\n0\r\n\r\n", b"ffffffffffffffffffff\r\n{}\r\n0\r\n\r\n", b"100\r\n{}"):
-            status, content_type, problem = _raw_post(port, head + body)
+            status, content_type, problem = _raw(port, head + body)
             assert (status, content_type, problem["code"]) == (400, "application/problem+json", "malformed_body"), problem
         assert proc.poll() is None and httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=5).status_code == 200
+        status, content_type, problem = _raw(port, b"GET //api//jobs HTTP/1.1\r\nHost: evil.example\r\n\r\n")
+        assert (status, content_type, problem["code"]) == (404, "application/problem+json", "not_found")
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def _raw_post(port: int, request: bytes) -> tuple[int, str, dict]:
-    """Send raw bytes, end our side, read the answer to the close: status, Content-Type, JSON body."""
+def _raw(port: int, request: bytes) -> tuple[int, str, dict]:
+    """Send raw bytes, end our side, read the answer to the close: status, Content-Type, JSON body
+    (no Location header, which no answer of the app has)."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(request)
         sock.shutdown(socket.SHUT_WR)
@@ -124,4 +134,5 @@ def _raw_post(port: int, request: bytes) -> tuple[int, str, dict]:
                 break
             decoded, body = decoded + rest[:size], rest[size + 2:]
         body = decoded
+    assert "location" not in headers, headers
     return int(lines[0].split()[1]), headers.get("content-type", ""), json.loads(body)

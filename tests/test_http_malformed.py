@@ -265,6 +265,15 @@ def test_the_worker_endpoint_answers_a_malformed_chunked_body_with_400(server: A
     _assert_malformed(*_raw(server, head, b"zz\r\n{}\r\n0\r\n\r\n"))
 
 
+def test_doubled_slashes_are_a_404_problem_not_a_redirect(server: ApiServer) -> None:
+    """werkzeug's merge_slashes answered these with a 308 text/html page whose Location
+    came from the Host header."""
+    for target in (b"//api//jobs", b"/api//jobs", b"/api//health"):
+        status, headers, payload = _raw(server, b"GET %s HTTP/1.1\r\nHost: evil.example\r\n\r\n" % target, b"")
+        assert status == 404 and "location" not in headers, (target, status, headers)
+        assert headers["content-type"] == PROBLEM and json.loads(payload)["code"] == "not_found"
+
+
 # -- the de-chunker itself ---------------------------------------------------------------
 
 

@@ -1,5 +1,5 @@
 """The WSGI app itself (ai_jobs.http.app, werkzeug without Flask): routing answers
-(404, 405 with Allow, OPTIONS, HEAD, merged slashes), the order of the checks and
+(404, also for doubled slashes, 405 with Allow, OPTIONS, HEAD), the order of the checks and
 error handlers, and public/ files. No database: the store points at a closed port."""
 
 from __future__ import annotations
@@ -59,9 +59,16 @@ def test_options_lists_the_methods_and_head_sends_no_body(client: Client) -> Non
     assert head.headers["Content-Length"] == get.headers["Content-Length"]
 
 
-def test_merged_slashes_redirect_to_the_route(client: Client) -> None:
-    r = client.get("/api//jobs")
-    assert r.status_code == 308 and r.headers["Location"].endswith("/api/jobs")
+def test_doubled_slashes_are_a_404_problem_not_a_redirect(client: Client) -> None:
+    """werkzeug's merge_slashes answered these with a 308 text/html page whose Location
+    came from the client's Host header."""
+    for method, path in (("GET", "/api//jobs"), ("GET", "/api//health"), ("POST", "/api//jobs"),
+                         ("GET", f"/api/jobs//{uuid.uuid4()}"), ("HEAD", "/api//job-types"), ("GET", "/api/jobs//")):
+        r = client.open(path, method=method, headers={"Host": "evil.example"})
+        assert r.status_code == 404 and "Location" not in r.headers, (method, path, r.status_code)
+        assert r.mimetype == PROBLEM_JSON, (method, path, r.mimetype)
+        if method != "HEAD":
+            assert problem(r)["code"] == "not_found", (method, path)
 
 
 def test_header_check_comes_before_the_cors_preflight_and_routing() -> None:

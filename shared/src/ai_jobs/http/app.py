@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, MapAdapter, RequestRedirect, Rule
 from werkzeug.wrappers import Response
 
@@ -78,14 +78,17 @@ class App:
 
     Per request: the route is matched; the before hooks run in order (the header
     size check first, then the CORS preflight); then the handler, or the routing
-    error (404, 405 with Allow, a 308 to the merged-slashes path); every exception
+    error (404, also for a path with doubled slashes such as /api//jobs, which is not
+    redirected; 405 with Allow); every exception
     becomes problem+json (Problem, then queue errors, then HTTP errors, then
     anything else as a logged 500); the after hooks see every response. A GET
     route also answers HEAD (no body), and every route answers OPTIONS with Allow."""
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.url_map = Map(strict_slashes=True, merge_slashes=True)
+        # No redirects: werkzeug's merge_slashes answered /api//jobs with a 308 text/html
+        # page and a Location built from the client's Host header; it is a 404 problem.
+        self.url_map = Map(strict_slashes=True, merge_slashes=False)
         self.views: dict[str, Handler] = {}
         self.before_request: list[BeforeHook] = []
         self.after_request: list[AfterHook] = []
@@ -123,7 +126,7 @@ class App:
         return response
 
     def dispatch(self, request: ApiRequest, adapter: MapAdapter) -> Response:
-        rule, args = adapter.match(return_rule=True)  # raises 404, 405 or a redirect
+        rule, args = adapter.match(return_rule=True)  # raises 404 or 405
         request.view_args = args
         if request.method == "OPTIONS":
             response = empty_response(200)
@@ -132,8 +135,8 @@ class App:
         return self.views[rule.endpoint](request)
 
     def handle_error(self, request: ApiRequest, exc: Exception) -> Response:
-        if isinstance(exc, RequestRedirect):  # e.g. /api//jobs -> /api/jobs, as werkzeug answers it
-            return exc.get_response(request.environ)  # type: ignore[return-value]
+        if isinstance(exc, RequestRedirect):  # none is expected (see __init__); never a redirect page
+            return problem_response(Problem(404, "not_found", NotFound.description))
         if isinstance(exc, Problem):
             return problem_response(exc)
         if isinstance(exc, AiJobsError):

@@ -380,7 +380,8 @@ def openapi_document() -> dict[str, Any]:
         "info": {"title": "ai-jobs", "version": __version__,
                  "description": "Durable background jobs for Claude calls on Supabase + Vercel. Every error is "
                                 "application/problem+json (RFC 9457) with type urn:ai-jobs:problem:<code>. "
-                                "An unknown path answers 404 not_found and a known path with another method "
+                                "An unknown path answers 404 not_found (a path with doubled slashes, such as "
+                                "/api//jobs, too: nothing is redirected) and a known path with another method "
                                 "405 method_not_allowed (with an Allow header), both problem+json. The local "
                                 "server (`ai-jobs dev`/`serve`) answers a request line over 64 KiB with 414 "
                                 "uri_too_long and a header line over 64 KiB (or over 100 headers) with 431 "
