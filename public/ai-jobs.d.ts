@@ -178,6 +178,7 @@ export interface CreateJobOptions {
   runAt?: Date | string;
   /** e.g. "decision:123": limits how many jobs sharing it run at once (per organization, else per user). */
   concurrencyKey?: string;
+  /** Sent as the Idempotency-Key header when it is printable ASCII, else as the body's idempotency_key. */
   idempotencyKey?: string;
   metadata?: Record<string, unknown>;
 }

@@ -213,7 +213,12 @@ export function createAiJobsClient(options = {}) {
     if (opts.concurrencyKey !== undefined) body.concurrency_key = opts.concurrencyKey;
     if (opts.runAt !== undefined) body.run_at = opts.runAt instanceof Date ? opts.runAt.toISOString() : opts.runAt;
     if (opts.metadata !== undefined) body.metadata = opts.metadata;
-    const headers = opts.idempotencyKey ? { "idempotency-key": opts.idempotencyKey } : {};
+    const headers = {};
+    if (opts.idempotencyKey) {
+      // A header carries printable ASCII only (the API answers 400 otherwise): other keys go in the body.
+      if (/^[ -~]+$/.test(opts.idempotencyKey)) headers["idempotency-key"] = opts.idempotencyKey;
+      else body.idempotency_key = opts.idempotencyKey;
+    }
     return api("POST", "/api/jobs", body, headers);
   }
 

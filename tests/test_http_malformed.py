@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import pytest
 
 from ai_jobs.http.io import MalformedBodyError
 from ai_jobs.http.server import ChunkedBody
-from tests.api_server import WORKER_SECRET, ApiServer, start_server
+from tests.api_server import REPO, WORKER_SECRET, ApiServer, start_server
 from tests.conftest import user_token
 
 
@@ -173,7 +175,8 @@ def _assert_still_serving(server: ApiServer, token: str) -> None:
         assert created.status_code == 202, created.text
 
 
-BODY = json.dumps({"type": "example.countdown", "input": {"steps": 1, "step_seconds": 0}}).encode()
+BODY_JSON = {"type": "example.countdown", "input": {"steps": 1, "step_seconds": 0}}
+BODY = json.dumps(BODY_JSON).encode()
 
 
 @pytest.mark.parametrize("size_line", [b"zz", b"-5", b"0x10", b"1_0", b" 5", b"ffffffffffffffffffff", b"5;" + b"x" * 5000],
@@ -272,6 +275,54 @@ def test_doubled_slashes_are_a_404_problem_not_a_redirect(server: ApiServer) -> 
         status, headers, payload = _raw(server, b"GET %s HTTP/1.1\r\nHost: evil.example\r\n\r\n" % target, b"")
         assert status == 404 and "location" not in headers, (target, status, headers)
         assert headers["content-type"] == PROBLEM and json.loads(payload)["code"] == "not_found"
+
+
+def test_an_idempotency_key_header_that_is_not_printable_ascii_is_a_400_problem(
+        server: ApiServer, make_user, database_url: str) -> None:
+    """A header's bytes have no agreed encoding: UTF-8 `clé-2` reached the app as Latin-1
+    `clÃ©-2`, was stored so, and never matched the same key sent in the body (422
+    idempotency_key_mismatch). Such a header is refused; the body's key takes any text."""
+    token = user_token(make_user())
+    for key in ("clé-2".encode(), "clé-2".encode("latin-1"), b"a\x7fb", b"a\x01b"):
+        for body in (BODY, json.dumps({"type": "example.countdown", "input": {"steps": 1, "step_seconds": 0},
+                                       "idempotency_key": "clé-2"}).encode()):
+            head = (f"POST /api/jobs HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {token}\r\n"
+                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n").encode()
+            status, headers, payload = _raw(server, head + b"Idempotency-Key: " + key + b"\r\n\r\n", body)
+            assert status == 400 and headers["content-type"] == PROBLEM, (key, status, payload[:300])
+            assert json.loads(payload)["code"] == "invalid_idempotency_key"
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("select count(*) from public.ai_jobs").fetchone()[0] == 0
+    with server.client(token) as client:
+        body = {"type": "example.countdown", "input": {"steps": 1, "step_seconds": 0}, "idempotency_key": "clé-2"}
+        first, again = client.post("/api/jobs", json=body), client.post("/api/jobs", json=body)
+        assert (first.status_code, again.status_code) == (202, 200) and first.json()["id"] == again.json()["id"]
+        assert again.json()["idempotency_key"] == "clé-2"
+        spaced = client.post("/api/jobs", json=BODY_JSON, headers={"Idempotency-Key": "order 42 ~"})
+        assert spaced.status_code == 202 and spaced.json()["idempotency_key"] == "order 42 ~"
+
+
+def test_the_browser_client_sends_a_key_that_is_not_ascii_in_the_body(server: ApiServer, make_user) -> None:
+    """public/ai-jobs.js: `idempotencyKey` goes in the header only when it is printable
+    ASCII; "café-1" goes in the body, so a repeat finds the first job (Node's fetch)."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node not installed")
+    script = f"""
+        import {{ createAiJobsClient }} from {json.dumps((REPO / "public" / "ai-jobs.js").as_uri())};
+        const client = createAiJobsClient({{ baseUrl: {json.dumps(server.url)}, getAccessToken: () => {json.dumps(user_token(make_user()))} }});
+        const ids = [];
+        for (const key of ["café-1", "café-1", "order-42", "order-42"]) {{
+          const job = await client.createJob("example.countdown", {{ steps: 1, step_seconds: 0 }}, {{ idempotencyKey: key }});
+          ids.push([job.id, job.idempotency_key]);
+        }}
+        console.log(JSON.stringify(ids));
+    """
+    out = subprocess.run([node, "--input-type=module", "-e", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ids = json.loads(out.stdout)
+    assert ids[0] == ids[1] and ids[0][1] == "café-1"
+    assert ids[2] == ids[3] and ids[2][1] == "order-42" and ids[0][0] != ids[2][0]
 
 
 # -- the de-chunker itself ---------------------------------------------------------------

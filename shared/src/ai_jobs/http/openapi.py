@@ -235,15 +235,20 @@ def openapi_document() -> dict[str, Any]:
                                "earlier job with 200. The bearer token is checked before the body is read.",
                 "security": USER,
                 "parameters": [{"name": "Idempotency-Key", "in": "header", "required": False,
-                                "description": "1 to 255 characters after trimming; must equal the body's "
+                                "description": "1 to 255 printable ASCII characters (space to ~) after "
+                                               "trimming, else 400 invalid_idempotency_key (a header's bytes "
+                                               "have no agreed encoding: send a key with other characters as "
+                                               "the body's idempotency_key); must equal the body's "
                                                "idempotency_key when both are given",
-                                "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
+                                "schema": {"type": "string", "minLength": 1, "maxLength": 255,
+                                           "pattern": "^[!-~]([ -~]*[!-~])?$"}}],
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref(CreateJobRequest)}}},
                 "responses": {
                     "200": _json(Job, "an earlier job with the same idempotency key (nothing new is created)", LOCATION),
                     "202": _json(Job, "created (pending) and handed to a worker", LOCATION),
-                    "400": _problem(400, f"malformed JSON, {UNREADABLE}, an empty body, or a bad "
-                                         "Idempotency-Key header",
+                    "400": _problem(400, f"malformed JSON, {UNREADABLE}, an empty body, or an "
+                                         "Idempotency-Key header that is blank, over 255 characters or not "
+                                         "printable ASCII",
                                     [*MALFORMED_JSON, "empty_body", "invalid_idempotency_key"]),
                     "401": UNAUTHORIZED,
                     "413": TOO_LARGE,

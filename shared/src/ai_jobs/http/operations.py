@@ -36,6 +36,12 @@ def create_job(svc: Services, who: Principal, body: CreateJobRequest, idempotenc
         header = idempotency_header.strip()
         if not 1 <= len(header) <= 255:
             raise Problem(400, "invalid_idempotency_key", "Idempotency-Key must be 1 to 255 characters")
+        if not (header.isascii() and header.isprintable()):
+            # A header's bytes have no agreed encoding (browsers send Latin-1, curl UTF-8), so
+            # such a key could never reliably match the same key sent in a body.
+            raise Problem(400, "invalid_idempotency_key",
+                          "Idempotency-Key must be printable ASCII (space to ~); send a key with other "
+                          "characters as the body's idempotency_key")
         if key is not None and key != header:
             raise Problem(422, "idempotency_key_mismatch", "Idempotency-Key header and idempotency_key differ")
         key = header
