@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from ai_jobs.database.migrations import migration_files
 from bench._local_stack import start_dev
@@ -81,3 +82,47 @@ def test_operator_commands(database_url: str, db) -> None:  # type: ignore[no-un
     assert bad.returncode == 1 and "invalid input" in bad.stderr and "steps" in bad.stderr
     not_json = run(["enqueue", "example.countdown", "--input", "{nope"], env)
     assert not_json.returncode == 2 and "not valid JSON" in not_json.stderr
+
+
+def test_enqueue_refuses_out_of_range_flags_before_anything(database_url: str, db: psycopg.Connection) -> None:
+    """A flag value the enqueue request (NewJob) would refuse is a usage error: one
+    line naming the flag, exit 2 (argparse's), no traceback, nothing written."""
+    env = {**os.environ, "DATABASE_URL": database_url, "AI_JOBS_STORE": "postgres"}
+    cases = [
+        (["--priority", "5000"], "argument --priority: Input should be less than or equal to 1000, got '5000'"),
+        (["--concurrency-key", "bad key!"], "argument --concurrency-key: String should be 1-200 letters, digits and "
+                                            ". _ : / = @ + -, starting with a letter or digit, got 'bad key!'"),
+        (["--org", "o" * 300], "argument --org: String should have at most 200 characters, got 300 characters"),
+    ]
+    for flags, message in cases:
+        out = run(["enqueue", "example.countdown", *flags], env)
+        assert out.returncode == 2, (flags, out.stderr)
+        assert out.stderr.splitlines()[-1] == f"ai-jobs enqueue: error: {message}", out.stderr
+        assert "Traceback" not in out.stderr and out.stdout == ""
+    # refused while parsing: not even the default user was created
+    assert db.execute("select count(*) from auth.users").fetchone()[0] == 0
+    assert db.execute("select count(*) from public.ai_jobs").fetchone()[0] == 0
+    fine = run(["enqueue", "example.countdown", "--priority", "1000", "--org", "o" * 200,
+                "--concurrency-key", "decision:123"], env)
+    assert fine.returncode == 0, fine.stderr
+    row = db.execute("select priority, org_id, concurrency_key from public.ai_jobs").fetchone()
+    assert row == (1000, "o" * 200, "decision:123")
+
+
+def test_a_validation_error_is_one_line_per_problem(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Whatever pydantic refuses inside a command: a line per problem and exit 1
+    (ValidationError.errors is a method, which used to end in a TypeError traceback)."""
+    from ai_jobs import cli
+    from ai_jobs.models import NewJob
+
+    def refuse(args: object, settings: object) -> int:
+        NewJob(user_id=uuid.uuid4(), job_type="example.countdown", priority=5000, org_id="")
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_stats", refuse)
+    assert cli.main(["stats"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "ai-jobs: NewJob priority: Input should be less than or equal to 1000",
+        "ai-jobs: NewJob org_id: String should have at least 1 character",
+    ]

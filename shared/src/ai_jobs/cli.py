@@ -12,8 +12,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from ai_jobs.models import NewJob
 from ai_jobs.settings import Settings
 
 if TYPE_CHECKING:
@@ -769,6 +772,42 @@ def _port(value: str) -> int:
     return port
 
 
+def _checked(annotation: Any, *, pattern_hint: str | None = None) -> Callable[[str], Any]:
+    """An argparse `type` validating a flag's value with pydantic against `annotation`
+    (the model field the value ends up in, or the flag's own bounds): a value the
+    queue would refuse later is a usage error at once, one line naming the flag,
+    exit 2, before any database is opened. `pattern_hint` replaces pydantic's
+    regular expression in the message."""
+    adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+
+    def check(value: str) -> Any:
+        try:
+            return adapter.validate_python(value)
+        except ValidationError as exc:
+            problems = "; ".join(pattern_hint if pattern_hint and e["type"] == "string_pattern_mismatch" else e["msg"]
+                                 for e in exc.errors())
+            got = repr(value) if len(value) <= 40 else f"{len(value)} characters"
+            raise argparse.ArgumentTypeError(f"{problems}, got {got}") from None
+
+    return check
+
+
+def _field(model: type[BaseModel], name: str, *, pattern_hint: str | None = None) -> Callable[[str], Any]:
+    """`_checked` against `model`'s field `name`: the flag takes what the field takes."""
+    info = model.model_fields[name]
+    return _checked(Annotated[info.annotation, info], pattern_hint=pattern_hint)
+
+
+def _problems(exc: Exception) -> list[str]:
+    """One line per problem: a pydantic ValidationError's errors (`errors` is a
+    method there), or the JSON-able `errors` list some AiJobsErrors carry."""
+    if isinstance(exc, ValidationError):
+        return [" ".join([exc.title, ".".join(str(part) for part in e["loc"])]).strip() + f": {e['msg']}"
+                for e in exc.errors()]
+    errors = getattr(exc, "errors", None)
+    return [json.dumps(errors, indent=2, default=str)] if errors else []
+
+
 def _server_options(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--host", default="127.0.0.1")
     # argparse passes a string default through `type` too, so a bad AI_JOBS_PORT is a usage error
@@ -776,6 +815,9 @@ def _server_options(p: argparse.ArgumentParser, port: int) -> None:
                    help=f"0 picks a free port (default: AI_JOBS_PORT, else {port})")
     p.add_argument("--sweep-interval", type=float, default=15.0, help="seconds between local sweeps (0: off)")
     p.add_argument("--no-public", action="store_true", help="do not serve public/")
+
+
+_CONCURRENCY_KEY_HINT = "String should be 1-200 letters, digits and . _ : / = @ + -, starting with a letter or digit"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -820,10 +862,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("type", help="job type, e.g. example.countdown")
     p.add_argument("--input", default="{}", help="JSON object")
     p.add_argument("--user", default="dev@localhost", help="owner: email or user id (dev users are created)")
-    p.add_argument("--priority", type=int, default=None,
+    # checked against the fields of the enqueue request (NewJob) they end up in
+    p.add_argument("--priority", type=_field(NewJob, "priority"), default=None,
                    help="-1000 to 1000, higher is claimed first (default: the job type's; operators may raise it)")
-    p.add_argument("--org", default=None, help="organization id for the organization concurrency limit")
-    p.add_argument("--concurrency-key", default=None, help="e.g. decision:123 (see the key concurrency limit)")
+    p.add_argument("--org", type=_field(NewJob, "org_id"), default=None,
+                   help="organization id (1-200 characters) for the organization concurrency limit")
+    p.add_argument("--concurrency-key", type=_field(NewJob, "concurrency_key", pattern_hint=_CONCURRENCY_KEY_HINT),
+                   default=None, help="e.g. decision:123: 1-200 letters, digits and . _ : / = @ + -, starting "
+                                      "with a letter or digit (see the key concurrency limit)")
     p.add_argument("--watch", action="store_true", help="show progress until the job ends")
     p.set_defaults(func=cmd_enqueue)
 
@@ -887,9 +933,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence: a message, not a traceback
         from ai_jobs.errors import AiJobsError
 
+        if isinstance(exc, ValidationError):  # a ValueError whose str() is many lines: one per problem instead
+            print("\n".join(f"ai-jobs: {line}" for line in _problems(exc)), file=sys.stderr)
+            return 1
         if isinstance(exc, (AiJobsError, ValueError, RuntimeError, FileNotFoundError)):
-            errors = getattr(exc, "errors", None)
-            print(f"ai-jobs: {exc}" + (f"\n{json.dumps(errors, indent=2)}" if errors else ""), file=sys.stderr)
+            print("\n".join([f"ai-jobs: {exc}", *_problems(exc)]), file=sys.stderr)
             return 1
         raise
 
