@@ -18,11 +18,14 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import psutil
 import psycopg
 import pytest
 
 from bench._local_stack import start_dev
+from tests.conftest import make_token
+from tests.postgrest_emulator import PostgrestEmulator
 
 AI_JOBS = [sys.executable, "-m", "ai_jobs.cli"]
 CONSOLE_SCRIPT = str(Path(sys.executable).parent / "ai-jobs")
@@ -243,3 +246,56 @@ def test_list_user_takes_an_email_or_an_id(database_url: str, db: psycopg.Connec
     assert "nobody@example.com" in unknown.stderr and "no user has this email" in unknown.stderr
     assert "Traceback" not in unknown.stderr
     assert db.execute("select count(*) from auth.users where email = 'nobody@example.com'").fetchone()[0] == 0
+
+
+@pytest.fixture()
+def rest_edge(postgrest: PostgrestEmulator) -> Iterator[str]:
+    """Supabase's REST edge over real HTTP (the PostgREST emulator behind a local
+    server), so a CLI subprocess can use the Supabase REST store."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            answer = postgrest(httpx.Request("POST", f"http://rest{self.path}", headers=dict(self.headers), content=body))
+            self.send_response(answer.status_code)
+            self.send_header("content-type", answer.headers.get("content-type", "application/json"))
+            self.send_header("content-length", str(len(answer.content)))
+            self.end_headers()
+            self.wfile.write(answer.content)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_enqueue_on_the_supabase_rest_store_takes_a_user_id(db: psycopg.Connection, rest_edge: str,
+                                                            tmp_path: Path) -> None:
+    """No DATABASE_URL: auth.users is out of reach, so an email (the default
+    dev@localhost included) is refused as `list --user` refuses it, before anything
+    is sent; a user id enqueues through REST."""
+    env = cli_env(SUPABASE_URL=rest_edge, SUPABASE_SERVICE_ROLE_KEY=make_token("service_role"),
+                  AI_JOBS_DATA_DIR=str(tmp_path))
+    for who in (None, "ops@example.com"):
+        out = run(["enqueue", "example.countdown", *(["--user", who] if who else [])], env)
+        assert out.returncode == 1, out.stderr
+        assert out.stderr.strip() == (f"ai-jobs: --user '{who or 'dev@localhost'}': finding or creating users by email "
+                                      "needs DATABASE_URL or the embedded database; pass the user id instead")
+        assert out.stdout == ""
+    listed = run(["list", "--user", "ops@example.com"], env)
+    assert listed.returncode == 1 and "looking users up by email needs DATABASE_URL" in listed.stderr
+    assert db.execute("select count(*) from public.ai_jobs").fetchone()[0] == 0
+    assert not (tmp_path / "pgdata").exists(), "no embedded database was started"
+
+    owner = uuid.uuid4()
+    db.execute("insert into auth.users (id, email) values (%s, 'ops@example.com')", (owner,))
+    enqueued = run(["enqueue", "example.countdown", "--user", str(owner)], env)
+    assert enqueued.returncode == 0, enqueued.stderr
+    job_id = enqueued.stdout.split()[1]
+    assert db.execute("select user_id from public.ai_jobs where id = %s", (job_id,)).fetchone()[0] == owner
+    listed = run(["list", "--user", str(owner)], env)
+    assert listed.returncode == 0 and job_id in listed.stdout

@@ -616,10 +616,8 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         print("ai-jobs: --input must be a JSON object", file=sys.stderr)
         return 2
     settings = _local(settings)
-    from ai_jobs.devtools import ensure_user
-
+    user_id = _owner(settings, args.user)
     with open_store(settings) as store:
-        user_id = ensure_user(settings.database_url, args.user) if settings.database_url else uuid.UUID(args.user)
         result = submit_job(store, user_id, args.type, payload, settings=settings, priority=args.priority,
                             org_id=args.org, concurrency_key=args.concurrency_key)
         print(f"{'enqueued' if result.created else 'existing'} {result.job.id}", flush=True)
@@ -679,13 +677,30 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _by_email_needs_database(who: str, action: str) -> ValueError:
+    """On the Supabase REST store (no DATABASE_URL) the CLI cannot read auth.users."""
+    return ValueError(f"--user {who!r}: {action} by email needs DATABASE_URL or the embedded database; "
+                      "pass the user id instead")
+
+
+def _owner(settings: Settings, who: str) -> uuid.UUID:
+    """enqueue's --user: with a database, the dev user of that email or id (created
+    if missing); on the Supabase REST store, only a user id."""
+    if settings.database_url:
+        from ai_jobs.devtools import ensure_user
+
+        return ensure_user(settings.database_url, who)
+    if _is_uuid(who):
+        return uuid.UUID(who)
+    raise _by_email_needs_database(who, "finding or creating users")
+
+
 def _existing_user(settings: Settings, who: str) -> uuid.UUID:
     """A user id, or the id of the user with that email (which must exist)."""
     if _is_uuid(who):
         return uuid.UUID(who)
     if not settings.database_url:
-        raise ValueError(f"--user {who!r}: looking users up by email needs DATABASE_URL or the embedded database; "
-                         "pass the user id instead")
+        raise _by_email_needs_database(who, "looking users up")
     from ai_jobs.devtools import find_user
 
     user_id = find_user(settings.database_url, who)
