@@ -299,3 +299,21 @@ def test_enqueue_on_the_supabase_rest_store_takes_a_user_id(db: psycopg.Connecti
     assert db.execute("select user_id from public.ai_jobs where id = %s", (job_id,)).fetchone()[0] == owner
     listed = run(["list", "--user", str(owner)], env)
     assert listed.returncode == 0 and job_id in listed.stdout
+
+
+def test_list_status_takes_every_job_status(database_url: str, db: psycopg.Connection, tmp_path: Path) -> None:
+    """paused included (it used to be an invalid choice): the choices are JobStatus's."""
+    from ai_jobs.cli import build_parser
+    from ai_jobs.models import JobStatus
+    from ai_jobs.store.postgres import PostgresStore
+
+    for status in JobStatus:
+        assert build_parser().parse_args(["list", "--status", status.value]).status == status.value
+    env = cli_env(DATABASE_URL=database_url, AI_JOBS_DATA_DIR=str(tmp_path))
+    paused, pending = (run(["enqueue", "example.countdown"], env).stdout.split()[1] for _ in range(2))
+    with PostgresStore(database_url) as store:
+        assert store.pause(uuid.UUID(paused)).status == JobStatus.PAUSED
+    listed = run(["list", "--status", "paused"], env)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.split() == [paused, "example.countdown", "paused", "0%", "0/3", listed.stdout.split()[-1]]
+    assert pending not in listed.stdout

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from ai_jobs.models import NewJob
+from ai_jobs.models import JobStatus, NewJob
 from ai_jobs.settings import Settings
 
 if TYPE_CHECKING:
@@ -646,7 +646,6 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from ai_jobs.models import JobStatus
     from ai_jobs.store import open_store
 
     settings = _local(settings)
@@ -894,7 +893,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="recent jobs, newest first")
     p.add_argument("--user", default=None, help="only this owner's jobs (email or user id)")
-    p.add_argument("--status", choices=("pending", "running", "completed", "failed", "cancelled"))
+    p.add_argument("--status", choices=[status.value for status in JobStatus])
     p.add_argument("--type", default=None)
     p.add_argument("--limit", type=int, default=20)
     p.set_defaults(func=cmd_list)
