@@ -126,3 +126,31 @@ def test_a_validation_error_is_one_line_per_problem(monkeypatch: pytest.MonkeyPa
         "ai-jobs: NewJob priority: Input should be less than or equal to 1000",
         "ai-jobs: NewJob org_id: String should have at least 1 character",
     ]
+
+
+def test_worker_refuses_out_of_range_flags_at_start(database_url: str, db: psycopg.Connection) -> None:
+    """Each numeric flag is checked at start, as AI_JOBS_LEASE_SECONDS is: a value the
+    claim would refuse used to start a worker that logged the refusal every poll.
+    (--once: a worker that does start exits when idle, so the test cannot hang.)"""
+    env = {**os.environ, "DATABASE_URL": database_url, "AI_JOBS_STORE": "postgres", "AI_JOBS_POOL_MAX_SIZE": "4"}
+    cases = [
+        (["--lease-seconds", "5000"], "argument --lease-seconds: Input should be less than or equal to 3600, got '5000'"),
+        (["--lease-seconds", "0"], "argument --lease-seconds: Input should be greater than or equal to 1, got '0'"),
+        (["--poll-interval", "0"], "argument --poll-interval: Input should be greater than 0, got '0'"),
+        (["--poll-interval", "nan"], "argument --poll-interval: Input should be a finite number, got 'nan'"),
+        (["--poll-interval", "4000"], "argument --poll-interval: Input should be less than or equal to 3600, got '4000'"),
+        (["--batch", "0"], "argument --batch: Input should be greater than or equal to 1, got '0'"),
+        (["--batch", "1001"], "argument --batch: Input should be less than or equal to 1000, got '1001'"),
+    ]
+    for flags, message in cases:
+        out = run(["worker", "--once", *flags], env)
+        assert out.returncode == 2, (flags, out.stdout, out.stderr)
+        assert out.stderr.splitlines()[-1] == f"ai-jobs worker: error: {message}", out.stderr
+        assert "Traceback" not in out.stderr and out.stdout == ""
+    for concurrency in ("0", "5"):
+        out = run(["worker", "--once", "--concurrency", concurrency], env)
+        assert (out.returncode, out.stderr, out.stdout) == (
+            2, f"ai-jobs: --concurrency must be between 1 and AI_JOBS_POOL_MAX_SIZE (4), got {concurrency}\n", "")
+    edges = run(["worker", "--once", "--lease-seconds", "3600", "--poll-interval", "3600", "--batch", "1000",
+                 "--concurrency", "4"], env)
+    assert edges.returncode == 0 and edges.stdout.startswith("worker "), edges.stderr

@@ -14,10 +14,11 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from ai_jobs.models import JobStatus, NewJob
 from ai_jobs.settings import Settings
+from ai_jobs.store.base import MAX_CLAIM_LIMIT
 
 if TYPE_CHECKING:
     from ai_jobs.registry import JobRegistry
@@ -359,13 +360,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from ai_jobs.runner import Runner
     from ai_jobs.store import open_store
 
+    # The other flags were checked when parsed; this bound is a setting.
     if args.concurrency < 1 or args.concurrency > settings.pool_max_size:
-        raise SystemExit(f"--concurrency must be between 1 and AI_JOBS_POOL_MAX_SIZE ({settings.pool_max_size}), "
-                         f"got {args.concurrency}")
+        print(f"ai-jobs: --concurrency must be between 1 and AI_JOBS_POOL_MAX_SIZE ({settings.pool_max_size}), "
+              f"got {args.concurrency}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = load_job_modules()
     stop = _stop_on_signals()
-    lease_seconds = args.lease_seconds or settings.lease_seconds
+    lease_seconds = settings.lease_seconds if args.lease_seconds is None else args.lease_seconds
     with open_store(settings) as store:
         # SIGTERM/SIGINT: a running job is released at its next step, no attempt spent
         runners = [Runner(store, registry, lease_seconds=lease_seconds, stopping=stop) for _ in range(args.concurrency)]
@@ -859,10 +862,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("worker", help="run jobs in a long-lived loop (hosts that are not serverless)")
-    p.add_argument("--lease-seconds", type=int, default=None, help="lease per job (default AI_JOBS_LEASE_SECONDS)")
-    p.add_argument("--poll-interval", type=float, default=1.0, help="seconds between polls when idle")
+    # Checked when parsed, as AI_JOBS_LEASE_SECONDS is at start: a value the claim
+    # would refuse stops the start instead of failing every poll.
+    p.add_argument("--lease-seconds", type=_field(Settings, "lease_seconds"), default=None,
+                   help="lease per job, 1-3600 seconds (default AI_JOBS_LEASE_SECONDS)")
+    p.add_argument("--poll-interval", type=_checked(Annotated[float, Field(gt=0, le=3600, allow_inf_nan=False)]),
+                   default=1.0, help="seconds between polls when idle (above 0, at most 3600; default 1)")
     p.add_argument("--once", action="store_true", help="exit when no job is due")
-    p.add_argument("--batch", type=int, default=1, help="jobs claimed per round trip (short jobs: 10-50)")
+    p.add_argument("--batch", type=_checked(Annotated[int, Field(ge=1, le=MAX_CLAIM_LIMIT)]), default=1,
+                   help=f"jobs claimed per round trip, 1-{MAX_CLAIM_LIMIT} (short jobs: 10-50)")
     p.add_argument("--concurrency", type=int, default=1,
                    help="loops in this process, each running one job (or batch) at a time (default 1; "
                         "at most AI_JOBS_POOL_MAX_SIZE)")

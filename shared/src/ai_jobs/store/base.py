@@ -61,6 +61,7 @@ ENQUEUE = SqlFunction("ai_jobs_enqueue_v4", returns_set=False)
 ENQUEUE_MANY = SqlFunction("ai_jobs_enqueue_many_v2", returns_set=False)
 MAX_ENQUEUE_MANY = 1000
 CLAIM = SqlFunction("ai_jobs_claim_v2")
+MAX_CLAIM_LIMIT = 1000  # the most jobs one claim leases (ai_jobs_claim_v2 refuses more)
 HEARTBEAT = SqlFunction("ai_jobs_heartbeat_v1")
 # v2: v1 plus the live-output snapshot (ai_jobs.stream), written in the same update.
 PROGRESS = SqlFunction("ai_jobs_progress_v2")
