@@ -18,8 +18,15 @@ from tests.test_migrations import fresh_database  # noqa: F401 - fixture
 AI_JOBS = [sys.executable, "-m", "ai_jobs.cli"]
 
 
-def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(AI_JOBS + args, env=env, capture_output=True, text=True, timeout=120)
+def run(args: list[str], env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(AI_JOBS + args, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def refusal(out: subprocess.CompletedProcess[str]) -> tuple[int, str, str]:
+    """Exit code, the last line on stderr (the whole of it if it holds a traceback)
+    and stdout: a usage error is (2, "ai-jobs <command>: error: argument ...", "")."""
+    err = out.stderr.strip()
+    return out.returncode, err if "Traceback" in err else (err.splitlines() or [""])[-1], out.stdout
 
 
 def test_migrate_command_against_database_url(fresh_database: str) -> None:  # noqa: F811
@@ -94,11 +101,8 @@ def test_enqueue_refuses_out_of_range_flags_before_anything(database_url: str, d
                                             ". _ : / = @ + -, starting with a letter or digit, got 'bad key!'"),
         (["--org", "o" * 300], "argument --org: String should have at most 200 characters, got 300 characters"),
     ]
-    for flags, message in cases:
-        out = run(["enqueue", "example.countdown", *flags], env)
-        assert out.returncode == 2, (flags, out.stderr)
-        assert out.stderr.splitlines()[-1] == f"ai-jobs enqueue: error: {message}", out.stderr
-        assert "Traceback" not in out.stderr and out.stdout == ""
+    outcomes = [refusal(run(["enqueue", "example.countdown", *flags], env)) for flags, _ in cases]
+    assert outcomes == [(2, f"ai-jobs enqueue: error: {message}", "") for _, message in cases]
     # refused while parsing: not even the default user was created
     assert db.execute("select count(*) from auth.users").fetchone()[0] == 0
     assert db.execute("select count(*) from public.ai_jobs").fetchone()[0] == 0
@@ -142,11 +146,8 @@ def test_worker_refuses_out_of_range_flags_at_start(database_url: str, db: psyco
         (["--batch", "0"], "argument --batch: Input should be greater than or equal to 1, got '0'"),
         (["--batch", "1001"], "argument --batch: Input should be less than or equal to 1000, got '1001'"),
     ]
-    for flags, message in cases:
-        out = run(["worker", "--once", *flags], env)
-        assert out.returncode == 2, (flags, out.stdout, out.stderr)
-        assert out.stderr.splitlines()[-1] == f"ai-jobs worker: error: {message}", out.stderr
-        assert "Traceback" not in out.stderr and out.stdout == ""
+    outcomes = [refusal(run(["worker", "--once", *flags], env)) for flags, _ in cases]
+    assert outcomes == [(2, f"ai-jobs worker: error: {message}", "") for _, message in cases]
     for concurrency in ("0", "5"):
         out = run(["worker", "--once", "--concurrency", concurrency], env)
         assert (out.returncode, out.stderr, out.stdout) == (
@@ -154,3 +155,38 @@ def test_worker_refuses_out_of_range_flags_at_start(database_url: str, db: psyco
     edges = run(["worker", "--once", "--lease-seconds", "3600", "--poll-interval", "3600", "--batch", "1000",
                  "--concurrency", "4"], env)
     assert edges.returncode == 0 and edges.stdout.startswith("worker "), edges.stderr
+
+
+def test_other_commands_refuse_out_of_range_flags_when_parsed(database_url: str, db: psycopg.Connection,
+                                                              tmp_path: Path) -> None:
+    """Values that used to fail only later (list --limit: the database's refusal, not
+    naming the flag; watch/cancel: a bare 'badly formed hexadecimal UUID string'), or
+    to do something else than asked (token --ttl 0: an expired token; sweep --budget
+    -1: run nothing; --sweep-interval -1: no sweeps, inf: a sweeper thread's
+    OverflowError) are usage errors naming the flag, exit 2. (A short timeout: before,
+    serve started and kept serving.)"""
+    env = {**os.environ, "DATABASE_URL": database_url, "AI_JOBS_STORE": "postgres", "AI_JOBS_DATA_DIR": str(tmp_path)}
+    cases = [
+        (["list", "--limit", "0"], "argument --limit: Input should be greater than or equal to 1, got '0'"),
+        (["list", "--limit", "201"], "argument --limit: Input should be less than or equal to 200, got '201'"),
+        (["token", "--user", "ops@example.com", "--ttl", "0"],
+         "argument --ttl: Input should be greater than or equal to 1, got '0'"),
+        (["sweep", "--budget", "-1"], "argument --budget: Input should be greater than or equal to 0, got '-1'"),
+        (["serve", "--port", "0", "--sweep-interval", "-1"],
+         "argument --sweep-interval: Input should be greater than or equal to 0, got '-1'"),
+        (["serve", "--port", "0", "--sweep-interval", "inf"],
+         "argument --sweep-interval: Input should be a finite number, got 'inf'"),
+        (["watch", "nope"], "argument job_id: not a job id (a UUID), got 'nope'"),
+        (["cancel", "12"], "argument job_id: not a job id (a UUID), got '12'"),
+    ]
+
+    def attempt(args: list[str]) -> tuple[int | None, str, str]:
+        try:
+            return refusal(run(args, env, timeout=20))
+        except subprocess.TimeoutExpired:
+            return None, "still running after 20 s", ""
+
+    outcomes = [attempt(args) for args, _ in cases]
+    assert outcomes == [(2, f"ai-jobs {args[0]}: error: {message}", "") for args, message in cases]
+    assert db.execute("select count(*) from auth.users").fetchone()[0] == 0, "token created no user"
+    assert run(["list", "--limit", "200"], env).returncode == 0

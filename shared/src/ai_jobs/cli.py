@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from ai_jobs.models import JobStatus, NewJob
+from ai_jobs.runner import RUNNER_MIN_REMAINING_SECONDS
 from ai_jobs.settings import Settings
-from ai_jobs.store.base import MAX_CLAIM_LIMIT
+from ai_jobs.store.base import MAX_CLAIM_LIMIT, MAX_LIST_LIMIT
 
 if TYPE_CHECKING:
     from ai_jobs.registry import JobRegistry
@@ -642,7 +643,7 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     from ai_jobs.store import open_store
 
     with open_store(_local(settings)) as store:
-        return _watch(store, uuid.UUID(args.job_id))
+        return _watch(store, args.job_id)
 
 
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
@@ -715,7 +716,7 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
     from ai_jobs.store import open_store
 
     with open_store(_local(settings)) as store:
-        job = store.request_cancel_tree(uuid.UUID(args.job_id))  # children too, as the API does
+        job = store.request_cancel_tree(args.job_id)  # children too, as the API does
     print(f"{job.id} {job.status.value}{' (cancel requested)' if job.status.value == 'running' else ''}")
     return 0
 
@@ -825,12 +826,21 @@ def _problems(exc: Exception) -> list[str]:
     return [json.dumps(errors, indent=2, default=str)] if errors else []
 
 
+def _job_id(value: str) -> uuid.UUID:
+    """watch's and cancel's JOB_ID: a UUID, as `ai-jobs enqueue` prints it."""
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a job id (a UUID), got {value!r}") from None
+
+
 def _server_options(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--host", default="127.0.0.1")
     # argparse passes a string default through `type` too, so a bad AI_JOBS_PORT is a usage error
     p.add_argument("--port", type=_port, default=os.environ.get("AI_JOBS_PORT") or str(port),
                    help=f"0 picks a free port (default: AI_JOBS_PORT, else {port})")
-    p.add_argument("--sweep-interval", type=float, default=15.0, help="seconds between local sweeps (0: off)")
+    p.add_argument("--sweep-interval", type=_checked(Annotated[float, Field(ge=0, le=86400, allow_inf_nan=False)]),
+                   default=15.0, help="seconds between local sweeps, at most 86400 (0: off)")
     p.add_argument("--no-public", action="store_true", help="do not serve public/")
 
 
@@ -853,7 +863,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("token", help="print an access token for a dev user (created if missing)")
     p.add_argument("--user", required=True, help="email or user id")
-    p.add_argument("--ttl", type=int, default=7 * 24 * 3600, help="seconds until it expires")
+    p.add_argument("--ttl", type=_checked(Annotated[int, Field(ge=1)]), default=7 * 24 * 3600,
+                   help="seconds until it expires (at least 1; default 7 days)")
     p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("migrate", help="apply supabase/migrations to DATABASE_URL or the embedded database")
@@ -877,7 +888,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("sweep", help="reap expired leases, purge old jobs, run due jobs")
-    p.add_argument("--budget", type=float, default=60.0, help="seconds to spend running due jobs")
+    p.add_argument("--budget", type=_checked(Annotated[float, Field(ge=0, allow_inf_nan=False)]), default=60.0,
+                   help=f"seconds to spend running due jobs (a job starts only with {RUNNER_MIN_REMAINING_SECONDS:g} s "
+                        "of it left; 0: run none)")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("enqueue", help="validate and enqueue a job")
@@ -896,18 +909,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_enqueue)
 
     p = sub.add_parser("watch", help="progress of one job until it ends (plain lines when piped)")
-    p.add_argument("job_id")
+    p.add_argument("job_id", type=_job_id)
     p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("list", help="recent jobs, newest first")
     p.add_argument("--user", default=None, help="only this owner's jobs (email or user id)")
     p.add_argument("--status", choices=[status.value for status in JobStatus])
     p.add_argument("--type", default=None)
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=_checked(Annotated[int, Field(ge=1, le=MAX_LIST_LIMIT)]), default=20,
+                   help=f"at most this many jobs, 1-{MAX_LIST_LIMIT} (default 20)")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("cancel", help="cancel a job (running jobs stop at their next step)")
-    p.add_argument("job_id")
+    p.add_argument("job_id", type=_job_id)
     p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("stats", help="queue depth, 24 h statistics and alerts")
