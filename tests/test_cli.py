@@ -190,3 +190,14 @@ def test_other_commands_refuse_out_of_range_flags_when_parsed(database_url: str,
     assert outcomes == [(2, f"ai-jobs {args[0]}: error: {message}", "") for args, message in cases]
     assert db.execute("select count(*) from auth.users").fetchone()[0] == 0, "token created no user"
     assert run(["list", "--limit", "200"], env).returncode == 0
+
+
+def test_serve_on_an_address_it_cannot_listen_on(database_url: str, tmp_path: Path) -> None:
+    """A --host that is no address of this machine: one line, exit 1, no traceback
+    (it used to be an OSError traceback from the bind)."""
+    env = {**os.environ, "DATABASE_URL": database_url, "AI_JOBS_STORE": "postgres", "AI_JOBS_DATA_DIR": str(tmp_path)}
+    out = run(["serve", "--host", "203.0.113.7", "--port", "0"], env, timeout=30)  # TEST-NET-3: never ours
+    code, line, stdout = refusal(out)
+    assert (code, stdout) == (1, ""), out.stderr
+    assert line.startswith("ai-jobs: cannot listen on 203.0.113.7:0: ") and line.endswith("(check --host and --port)")
+    assert out.stderr.strip() == line and not (tmp_path / "server.json").exists()

@@ -108,7 +108,7 @@ def _serve(settings: Settings, args: argparse.Namespace, banner: list[str], demo
     from rich.console import Console
 
     from ai_jobs.http import operations
-    from ai_jobs.http.server import PortInUse, serve
+    from ai_jobs.http.server import CannotListen, PortInUse, serve
     from ai_jobs.http.services import Services
 
     create_app = _load_app_factory()
@@ -151,6 +151,9 @@ def _serve(settings: Settings, args: argparse.Namespace, banner: list[str], demo
         )
     except PortInUse as exc:
         print(_port_in_use_message(args.command, exc), file=sys.stderr, flush=True)
+        return 1
+    except CannotListen as exc:  # e.g. a --host that is not an address of this machine
+        print(f"ai-jobs: {exc} (check --host and --port)", file=sys.stderr, flush=True)
         return 1
     finally:
         remove_server_record(settings.data_dir)

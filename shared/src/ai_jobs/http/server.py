@@ -47,6 +47,17 @@ class PortInUse(OSError):
         self.port = port
 
 
+class CannotListen(OSError):
+    """Any other reason the address cannot be bound (a --host that is no address of
+    this machine or does not resolve, a port below 1024 without the privilege)."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
+        self.host = host
+        self.port = port
+        self.reason = reason
+
+
 def use_colour(stream: object = None) -> bool:
     """Colour only on a terminal, and never with NO_COLOR set (https://no-color.org)."""
     if os.environ.get("NO_COLOR"):
@@ -95,7 +106,7 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
             raise PortInUse(host, port) from None
-        raise
+        raise CannotListen(host, port, exc.strerror or str(exc)) from exc
     return sock
 
 
@@ -255,7 +266,7 @@ def serve(
     stop: threading.Event,
 ) -> None:
     """Bind first (port 0 picks a free port), then build the app knowing its own URL.
-    Raises PortInUse when the port is taken."""
+    Raises PortInUse when the port is taken, CannotListen when the address cannot be bound."""
     serving._log_add_style = use_colour()  # werkzeug's request log writes to stderr
     sock = _bind(host, port)
     try:
