@@ -281,6 +281,31 @@ def test_a_call_that_cannot_fit_releases_the_job_before_it_starts(pg_store, make
     assert job.usage["requests"] == 1 and job.usage["output_tokens"] == 30
 
 
+def test_a_job_started_late_in_an_invocation_waits_for_a_fresh_one_instead_of_being_shortened(
+    pg_store, make_user, fake, monkeypatch
+) -> None:
+    """Only a fresh invocation shortens a first call: a job claimed after another ran
+    (or after waiting for a due job) would get a shrunken max_tokens, and ai.extract a
+    permanent output_truncated, where a new invocation has room for the whole call."""
+    monkeypatch.setenv("AI_JOBS_USER_CONCURRENCY", "0")
+    user = make_user()
+    first = enqueue(pg_store, user, "ai.generate", {"prompt": "first", "max_tokens": 1000})
+    second = enqueue(pg_store, user, "ai.extract", {"text": "Ada", "schema": PERSON})
+    fake.replies = [[("sleep", 3.0), *stream("ok")], stream('{"name": "Ada", "age": 36}')]
+    # 200 s budget at 20x: the first job takes 60 runner-seconds; the second's 4096
+    # tokens need ~147 s of the ~140 left. Before, it went out with max_tokens ~3,900.
+    outcomes = Runner(pg_store, load_job_modules(), clock=fast_clock(20)).run_available(
+        job_id=first, budget_seconds=200, wait_for_due=False)
+    assert [(o.job_id, o.kind) for o in outcomes] == [(first, "completed"), (second, "continued")]
+    assert len(fake.requests) == 1
+    later = pg_store.get(second)
+    assert later.status is JobStatus.PENDING and later.attempts == 0 and later.error is None
+    # the fresh invocation sends the whole call
+    Runner(pg_store, load_job_modules()).run_available(job_id=second, budget_seconds=200, wait_for_due=False)
+    assert fake.requests[1].body["max_tokens"] == 4096
+    assert pg_store.get(second).status is JobStatus.COMPLETED
+
+
 def test_a_first_call_too_long_for_any_invocation_is_shortened_to_fit(pg_store, make_user, fake) -> None:
     fake.replies = [stream("long text", stop_reason="max_tokens")]
     job, _ = run(pg_store, make_user(), "ai.generate", {"prompt": "x", "max_tokens": 64_000},

@@ -97,6 +97,44 @@ def test_six_steps_over_several_invocations_each_step_once(pg_store: PostgresSto
     assert job.attempts == 1  # continuations spend no attempt (max_attempts=1 would forbid it)
 
 
+def test_a_first_step_that_does_not_fit_late_in_an_invocation_waits_for_a_fresh_one(
+    pg_store: PostgresStore, make_user, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The 'first step always runs' rule is for a fresh invocation: a job claimed after
+    another used most of the budget would start a step that cannot finish in it (on
+    Vercel, killed at maxDuration and its attempt spent)."""
+    monkeypatch.setenv("AI_JOBS_USER_CONCURRENCY", "0")
+    registry = JobRegistry()
+    clock = FakeClock()
+    started: list[tuple[str, float]] = []
+
+    class Work(BaseModel):
+        name: str
+        seconds: float
+
+    @registry.job("test.timed_step", input=Work, output=Count, max_attempts=1)
+    def timed_step(data: Work, ctx: JobContext) -> Count:
+        def work() -> int:
+            started.append((data.name, ctx.remaining() or 0.0))
+            clock.advance(data.seconds)
+            return 1
+
+        ctx.step("work", work, estimate=data.seconds)
+        return Count(steps=1)
+
+    user = make_user()
+    first = enqueue(pg_store, registry, user, "test.timed_step", {"name": "a", "seconds": 60})
+    late = enqueue(pg_store, registry, user, "test.timed_step", {"name": "b", "seconds": 80})
+    continued: list[UUID] = []
+    outcomes = Runner(pg_store, registry, clock=clock, request_continuation=continued.append).run_available(
+        job_id=first, budget_seconds=100, min_remaining_seconds=0)
+    assert [(o.job_id, o.kind) for o in outcomes] == [(first, "completed"), (late, "continued")]
+    assert started == [("a", 100.0)] and continued == [late]
+    # a fresh invocation runs it, and a first step longer than a whole budget still runs there
+    Runner(pg_store, registry, clock=clock).run_available(job_id=late, budget_seconds=50, min_remaining_seconds=0)
+    assert started[1] == ("b", 50.0) and pg_store.get(late).status is JobStatus.COMPLETED
+
+
 def test_progress_is_coalesced_and_the_last_value_lands(pg_store: PostgresStore, make_user) -> None:
     registry = JobRegistry()
     clock = FakeClock()

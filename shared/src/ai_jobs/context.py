@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
+# An invocation counts as fresh until this many seconds (or a tenth of its budget,
+# whichever is more) are spent: see JobContext.fresh_invocation.
+FRESH_INVOCATION_SECONDS = 5.0
 
 
 class JobCancelled(Exception):
@@ -87,6 +90,7 @@ class JobContext:
         worker: str,
         *,
         deadline: float | None = None,
+        budget_seconds: float | None = None,
         lease_seconds: int = 30,
         progress_interval: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
@@ -96,6 +100,7 @@ class JobContext:
         self.store = store
         self.worker = worker
         self.deadline = deadline
+        self.budget_seconds = budget_seconds  # the whole invocation's budget (None: unknown)
         self.lease_seconds = lease_seconds
         self.progress_interval = progress_interval
         self._clock = clock
@@ -149,6 +154,17 @@ class JobContext:
     def remaining(self) -> float | None:
         """Seconds left in this invocation's budget (None: unlimited)."""
         return None if self.deadline is None else self.deadline - self._clock()
+
+    def fresh_invocation(self) -> bool:
+        """Whether a new invocation would give this job no more time than it has now:
+        at most a tenth of the budget (or FRESH_INVOCATION_SECONDS) is spent. Only
+        then does a first step or call that does not fit run anyway (shortened, for a
+        Claude call); later in an invocation (after waiting for a due job, or running
+        others) the job continues in a new one instead."""
+        remaining = self.remaining()
+        if remaining is None or self.budget_seconds is None:
+            return True
+        return self.budget_seconds - remaining <= max(FRESH_INVOCATION_SECONDS, self.budget_seconds / 10)
 
     @property
     def steps_run(self) -> int:
@@ -263,12 +279,13 @@ class JobContext:
 
     def _ensure_budget(self, estimate: float | None) -> None:
         """Continue in a new invocation if the worker is shutting down or the next
-        step will not fit. The first step of an invocation always runs (unless
-        shutting down), so every invocation makes progress."""
+        step will not fit. A job's first step in a fresh invocation always runs
+        (unless shutting down), so every invocation makes progress; started later in
+        an invocation, a step that does not fit waits for a fresh one."""
         if self._stopping.is_set():
             raise ContinuationNeeded("worker shutting down")
         remaining = self.remaining()
-        if remaining is None or self._steps_run == 0:
+        if remaining is None or (self._steps_run == 0 and self.fresh_invocation()):
             return
         needed = estimate if estimate is not None else self._longest_step
         if remaining < needed:

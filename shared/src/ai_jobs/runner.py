@@ -67,6 +67,8 @@ class Runner:
     clock: Callable[[], float] = time.monotonic
     # Set to shut down: running jobs are released at their next step, nothing new is claimed.
     stopping: threading.Event = field(default_factory=threading.Event)
+    # The budget of the current run_available call (JobContext.fresh_invocation).
+    _budget_seconds: float | None = field(default=None, init=False, repr=False)
 
     @cached_property
     def heartbeater(self) -> Heartbeater:
@@ -91,6 +93,7 @@ class Runner:
         run_at) instead of returning: nothing else would start it before the next
         wake-up."""
         deadline = None if budget_seconds is None else self.clock() + budget_seconds
+        self._budget_seconds = budget_seconds
         outcomes: list[Outcome] = []
         # A finished batch's completions, written by the next claim's statement (one
         # round trip per batch), or on their own when the loop ends.
@@ -206,6 +209,7 @@ class Runner:
             self.store,
             self.worker_id,
             deadline=deadline,
+            budget_seconds=self._budget_seconds if deadline is not None else None,
             lease_seconds=self.lease_seconds,
             progress_interval=self.progress_interval,
             clock=self.clock,

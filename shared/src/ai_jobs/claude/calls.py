@@ -136,10 +136,11 @@ def plan_max_tokens(ctx: JobContext, max_tokens: int, tokens_per_second: float) 
     """`max_tokens` for the next call so that, at `tokens_per_second` after
     FIRST_TOKEN_SECONDS, it ends FINISH_MARGIN_SECONDS before the invocation does.
     When the asked-for max_tokens does not fit: a job that already ran a step or a call
-    in this invocation continues in a new one (ContinuationNeeded: it will have more
-    time); a job that has not is shortened to what fits (its first call in an
-    invocation that may be no longer next time), unless that is below MIN_CALL_TOKENS,
-    which continues too."""
+    in this invocation, or that started after the invocation's first tenth (it waited
+    for a due job, or ran after others), continues in a new one (ContinuationNeeded: it
+    will have more time); a job at the start of a fresh invocation is shortened to what
+    fits (the next invocation would be no longer), unless that is below
+    MIN_CALL_TOKENS, which continues too."""
     remaining = ctx.remaining()
     if remaining is None:
         return max_tokens
@@ -148,7 +149,7 @@ def plan_max_tokens(ctx: JobContext, max_tokens: int, tokens_per_second: float) 
     if fits >= max_tokens:
         return max_tokens
     worked = ctx.steps_run > 0 or _calls_made.get(ctx, 0) > 0
-    if worked or fits < MIN_CALL_TOKENS:
+    if worked or not ctx.fresh_invocation() or fits < MIN_CALL_TOKENS:
         needed = FINISH_MARGIN_SECONDS + FIRST_TOKEN_SECONDS + max_tokens / tokens_per_second
         raise ContinuationNeeded(
             f"{remaining:.0f}s left; a Claude call of max_tokens={max_tokens} needs ~{needed:.0f}s "
