@@ -445,6 +445,28 @@ def test_purge_respects_retention(store: JobStore, make_user, db) -> None:
     assert store.purge(completed_retention=timedelta(days=1), failed_retention=timedelta(days=1)) == 2
 
 
+def test_purge_keeps_the_children_of_an_unfinished_parent(store: JobStore, make_user, db) -> None:
+    """A workflow still running (say, sleeping for 40 days between its steps) must find
+    its children again under their spawn keys, or it would spawn and pay for new ones."""
+    user = make_user()
+    parent = enqueue(store, user).job
+    child = enqueue(store, user, parent_id=parent.id).job
+    store.claim("w", job_id=child.id)
+    store.complete(child.id, "w", {})
+    db.execute("update public.ai_jobs set finished_at = now() - interval '31 days' where id = %s", (child.id,))
+    for status in ("pending", "paused"):
+        db.execute("update public.ai_jobs set status = %s, wait_reason = %s where id = %s",
+                   (status, "paused" if status == "paused" else None, parent.id))
+        assert store.purge() == 0 and store.get(child.id).status is JobStatus.COMPLETED
+    db.execute("update public.ai_jobs set status = 'pending', wait_reason = null where id = %s", (parent.id,))
+    store.claim("w", job_id=parent.id)
+    assert store.purge() == 0  # running
+    store.complete(parent.id, "w", {})
+    assert store.purge() == 1  # the parent finished: the child's retention applies again
+    with pytest.raises(JobNotFoundError):
+        store.get(child.id)
+
+
 def test_metrics(store: JobStore, make_user) -> None:
     user = make_user()
     for _ in range(3):
