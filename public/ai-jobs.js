@@ -11,6 +11,10 @@
 //   Only that message means changes are flowing, so the reconciling read waits for it;
 // - DELETE events are not RLS-filtered and carry only the primary key;
 // - rows over 1 MB arrive without their large columns and `errors` holds a 413;
+// - an UPDATE leaves out unchanged TOASTed values (stored out of line, over ~2 kB):
+//   wal2json skips them and apply_rls.sql can only take them from the old tuple, which
+//   holds just the primary key under the default replica identity. Missing keys are
+//   filled from the last full row;
 // - an expired token closes the channel (system error, then phx_close) and
 //   realtime-js never rejoins a closed channel: we do, with a fresh token;
 // - supabase.channel(topic) returns an existing channel, and .on() throws after
@@ -38,6 +42,7 @@ export const JOB_COLUMNS = [
   "key_limit", "wait_reason", "cost_estimate_usd", "cost_cap_usd", "stream",
   "spawn_key", "spawn_seq", "depth", "waiting", "children", "pause_requested_at",
 ].join(",");
+const COLUMN_NAMES = JOB_COLUMNS.split(",");
 
 /** Error from the ai-jobs API, carrying the problem+json body. */
 export class AiJobsError extends Error {
@@ -679,23 +684,20 @@ export function createAiJobsClient(options = {}) {
         if (old.id === jobId) finish("gone");
         return;
       }
-      const row = payload.new;
+      let row = payload.new;
       if (!row || row.id !== jobId) return;
-      if (truncated(payload) || !("updated_at" in row)) {
-        // over 1 MB: large columns were dropped. Keep the rest of the last full row,
-        // and read the whole row before showing an end state.
-        if (isTerminal(row) || !feed.latest) {
+      const cut = truncated(payload);
+      if (cut || COLUMN_NAMES.some((key) => !(key in row))) {
+        // Columns are missing: a row over 1 MB (413) drops its large values, changed or not,
+        // and an UPDATE leaves out every unchanged TOASTed value (over ~2 kB: input,
+        // checkpoints, result, stream…), which Realtime cannot recover without REPLICA
+        // IDENTITY FULL. The last full row stands in for them; without one, or for an end
+        // state whose values may be gone (413, or no result), read the whole row.
+        if (!feed.latest || (isTerminal(row) && (cut || !("result" in row)))) {
           requestRead();
           return;
         }
-        const merged = { ...feed.latest };
-        for (const [key, value] of Object.entries(row)) merged[key] = value;
-        apply(merged);
-        return;
-      }
-      if (isTerminal(row) && !("result" in row)) {
-        requestRead();
-        return;
+        row = { ...feed.latest, ...row };
       }
       if (feed.wantsOutput && row.updated_at && (!feed.latest || timeKey(row.updated_at) > timeKey(feed.latest.updated_at))) {
         adoptSnapshot(row);

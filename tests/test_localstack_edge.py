@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import string
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -161,6 +163,40 @@ def test_a_record_over_1_mb_arrives_truncated_with_413(edge: SupabaseEdge, feed_
     assert data["errors"] == ["Error 413: Payload Too Large"]
     assert "result" not in data["record"] and data["record"]["status"] == "completed"
     assert data["record"]["id"] == str(job)
+
+
+def test_an_update_leaves_out_unchanged_toasted_values_as_on_the_server(edge: SupabaseEdge, feed_db: str) -> None:
+    """wal2json skips unchanged out-of-line values and apply_rls.sql has only the key in the
+    old tuple: an update that leaves a large (TOASTed) input alone arrives without it (no
+    413); one that rewrites it, or a small value left alone, arrives with it."""
+    owner = add_user(feed_db)
+    job = _job(feed_db, owner)
+    rng = random.Random(7)
+    big = {"prompt": "".join(rng.choice(string.ascii_letters) for _ in range(6000))}  # ~6 kB even compressed
+    small_but_long = {"prompt": "x" * 8000}  # compresses to ~100 bytes: stays in the row
+    _sql(feed_db, "update public.ai_jobs set input = %s::jsonb, checkpoints = %s::jsonb where id = %s",
+         json.dumps(big), json.dumps(small_but_long), job)
+
+    async def scenario() -> Socket:
+        async with aiohttp.ClientSession() as session:
+            mine = await _connect(session, edge, mint_anon_key(SECRET))
+            await mine.join(job, mint_token(SECRET, owner))
+            await mine.wait_for(lambda f: f[3] == "system")
+            _sql(feed_db, "update public.ai_jobs set progress = 30 where id = %s", job)
+            await mine.wait_for(lambda f: f[3] == "postgres_changes")
+            _sql(feed_db, "update public.ai_jobs set progress = 60, input = %s::jsonb where id = %s",
+                 json.dumps({**big, "n": 2}), job)
+            await mine.wait_for(lambda f: f[3] == "postgres_changes" and f[4]["data"]["record"].get("progress") == 60)
+            await mine.close()
+            return mine
+
+    first, second = (c[4]["data"] for c in run_in_thread(scenario()).events("postgres_changes"))
+    assert first["errors"] is None and first["record"]["progress"] == 30
+    assert "input" not in first["record"], "an unchanged TOASTed value was sent"
+    assert first["record"]["checkpoints"] == small_but_long  # compressed in the row: sent
+    assert "input" in {c["name"] for c in first["columns"]}  # the column list is the table's
+    assert first["old_record"] == {"id": str(job)}
+    assert second["record"]["input"] == {**big, "n": 2}  # changed: sent
 
 
 def test_a_change_before_the_subscription_is_live_is_missed_as_on_the_server(feed_db: str) -> None:

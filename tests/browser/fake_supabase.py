@@ -25,6 +25,14 @@ Realtime (Phoenix websocket, vsn 2.0.0 JSON array frames; `phoenix` heartbeats):
 - A row over 1 MB (`max_record_bytes`) arrives with only the values of 64 bytes or
   less and errors ["Error 413: Payload Too Large"] (apply_rls.sql
   `error_record_exceeds_max_size`).
+- An UPDATE arrives without the values that are unchanged and stored out of line
+  (TOASTed), with no error: wal2json skips them (wal2json.c `pg_decode_write_tuple`,
+  "don't send unchanged TOAST Datum") and apply_rls.sql takes a missing column only
+  from old_columns, the primary key alone under the default replica identity. As in
+  ai_jobs.localstack.feed: a value equal to the one in the previous event (or in the
+  row when the channel joined) whose stored, compressed size in the table is over
+  `toast_inline_max` (2000 bytes: heaptoast.c moves such a value out of line for
+  certain). `unchanged_toast` lists what was left out.
 - A join with an expired token is refused; when a joined channel's token expires the
   server pushes `system` {extension: "system", status: "error", message: "Token has
   expired N seconds ago"} then `phx_close` (realtime_channel.ex `handle_info(:confirm_token…)`,
@@ -122,6 +130,9 @@ class FakeSupabase:
         self.join_delay = 0.0
         self.system_gap = 0.05  # seconds from the join reply to "Subscribed to PostgreSQL"
         self.max_record_bytes = 1024 * 1024
+        self.toast_inline_max = 2000  # maxDataLen of an ai_jobs row (ai_jobs.localstack.feed.TOAST_INLINE_MAX)
+        self.unchanged_toast: list[tuple[str, list[str]]] = []  # (job id, columns left out of an UPDATE)
+        self._seen: dict[str, dict[str, Any]] = {}  # per job: the row as of the last event (the "old" row)
         self.read_failures: list[str] = []
         self.hold_joins = threading.Event()  # set = hold join replies until release_joins()
         self.hold_system = threading.Event()  # set = hold "Subscribed to PostgreSQL" until release_system()
@@ -224,7 +235,41 @@ class FakeSupabase:
         """Send a change as Realtime would (filters, RLS, DELETE, truncation); the number of channels reached."""
         if record is None and kind != "DELETE":
             record = self.row(job_id)
+        if kind == "UPDATE" and record:
+            left_out = self._unchanged_toasted(job_id, record)
+            if left_out:
+                self.unchanged_toast.append((job_id, left_out))
+                record = {k: v for k, v in record.items() if k not in left_out}
+        elif kind == "INSERT" and record:
+            self._seen[job_id] = record
         return self._call(self._send_change(job_id, record or {"id": job_id}, kind))
+
+    def _unchanged_toasted(self, job_id: str, record: dict[str, Any]) -> list[str]:
+        """The columns of this UPDATE that Realtime would leave out: equal to the previous
+        event's and stored out of line (over `toast_inline_max` bytes in the table)."""
+        before, self._seen[job_id] = self._seen.get(job_id), record
+        if before is None:
+            return []
+        candidates = [k for k, v in record.items() if k in before and before[k] == v
+                      and len(json.dumps(v).encode()) > self.toast_inline_max]
+        if not candidates:
+            return []
+        query = sql.SQL("select {} from public.ai_jobs where id = %s").format(
+            sql.SQL(", ").join(sql.SQL("pg_column_size({})").format(sql.Identifier(k)) for k in candidates))
+        with psycopg.connect(self.database_url) as conn:
+            stored = conn.execute(query, (job_id,)).fetchone()
+        if stored is None:
+            return []
+        return [k for k, size in zip(candidates, stored, strict=True) if size is not None and size > self.toast_inline_max]
+
+    def _remember(self, job_ids: set[str]) -> None:
+        """The rows as the channel joins: the "old" row of the first UPDATE it is sent."""
+        with psycopg.connect(self.database_url) as conn:
+            for job_id in job_ids:
+                found = conn.execute("select to_jsonb(j) - 'locked_by' from public.ai_jobs j where id = %s",
+                                     (job_id,)).fetchone()
+                if found is not None:
+                    self._seen.setdefault(job_id, found[0])
 
     def delete_row(self, job_id: str) -> None:
         """Delete the row (as the table owner) and send the DELETE event Realtime sends."""
@@ -319,6 +364,7 @@ class FakeSupabase:
                 channel.job_ids.add(binding["filter"].removeprefix("id=eq."))
         self._forget(topic)
         self._channels[topic] = channel
+        await asyncio.get_running_loop().run_in_executor(None, self._remember, set(channel.job_ids))
         response = {"postgres_changes": [{**b, "id": i} for i, b in ids]}
         await self._send(ws, [join_ref, ref, topic, "phx_reply", {"status": "ok", "response": response}])
         self._watch_expiry(channel)

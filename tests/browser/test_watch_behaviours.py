@@ -1,16 +1,18 @@
-"""Issue 9, behaviours 1–8: public/ai-jobs.js (and the useAiJob hook) with the real
-supabase-js 2.119.1 in headless Chromium, against the project's Realtime test
-server (tests/browser/fake_supabase.py: the join-then-"Subscribed to PostgreSQL"
-order, unfiltered DELETEs, 413 truncation, token expiry closes, RLS reads with
-failures) on real PostgreSQL rows.
+"""Issue 9, behaviours 1–8, and later fixes: public/ai-jobs.js (and the useAiJob hook)
+with the real supabase-js 2.119.1 in headless Chromium, against the project's Realtime
+test server (tests/browser/fake_supabase.py: the join-then-"Subscribed to PostgreSQL"
+order, unfiltered DELETEs, 413 truncation, unchanged TOASTed values left out, token
+expiry closes, RLS reads with failures) on real PostgreSQL rows.
 
-Each test also fails against the client before issue 9: run them with
+Each test also fails against the client before its fix: run them with
 AI_JOBS_CLIENT_DIR=<a folder holding the old ai-jobs.js and ai-jobs-react.js>."""
 
 from __future__ import annotations
 
 import json
 import os
+import random
+import string
 import subprocess
 import time
 import uuid
@@ -232,6 +234,36 @@ def test_6_truncated_terminal_event_reads_the_full_row(page, fake, running, pg_s
     wait_for(lambda: state(page)["done"] == "completed", timeout=5, what="done")
     assert state(page)["doneResult"] == len(json.dumps(result, separators=(",", ":")))
     assert fake.rest_reads[job_id] == reads + 1
+    no_rejections(page)
+
+
+def test_9_unchanged_toasted_columns_stay_from_the_last_full_row(page, fake, pg_store, make_user) -> None:
+    """An UPDATE that leaves a large (TOASTed) input alone arrives without `input` and with
+    no 413, as Realtime sends it: the update and the end state still carry the input, taken
+    from the last full row, and no extra read is made."""
+    user = make_user()
+    rng = random.Random(9)
+    job_input = {"prompt": "".join(rng.choice(string.ascii_letters) for _ in range(6000))}  # ~6 kB even compressed
+    created = pg_store.enqueue(NewJob(user_id=user, job_type="example.countdown", input=job_input)).job
+    pg_store.claim(WORKER, job_id=created.id, lease_seconds=300)
+    job_id, token = str(created.id), user_token(user)
+    size = len(json.dumps(job_input, separators=(",", ":")))
+    open_harness(page, fake)
+    start(page, "main", job_id, token, realtime=True)
+    wait_for(lambda: live(page), what="the live subscription")
+    reads = settled_reads(fake, job_id)
+    assert state(page)["updates"][-1]["input"] == size
+    pg_store.progress(job_id, WORKER, 40, "input untouched")
+    fake.push_change(job_id)
+    wait_for(lambda: progress(page) == 40, timeout=3, what="the pushed progress")
+    assert fake.unchanged_toast == [(job_id, ["input"])]  # sent without it, as the server does
+    assert state(page)["updates"][-1]["input"] == size, "the update lost the job's input"
+    pg_store.complete(job_id, WORKER, {"ok": True})
+    fake.push_change(job_id)
+    wait_for(lambda: state(page)["done"] == "completed", timeout=3, what="done")
+    assert fake.unchanged_toast[-1] == (job_id, ["input"])
+    assert state(page)["doneInput"] == size and state(page)["doneResult"] == len('{"ok":true}')
+    assert fake.rest_reads[job_id] == reads
     no_rejections(page)
 
 

@@ -46,7 +46,11 @@ Realtime (``/realtime/v1/websocket?apikey=<anon JWT>&vsn=2.0.0``)
     the role may not select (``locked_by``) are left out. DELETE carries only
     the primary key and is not RLS-filtered (walrus). A record over 1 MB is
     sent without its values over 64 bytes and with ``errors: ["Error 413:
-    Payload Too Large"]`` (walrus ``max_record_bytes``).
+    Payload Too Large"]`` (walrus ``max_record_bytes``). An UPDATE's record lacks
+    the columns whose value is unchanged and stored out of line (TOASTed): wal2json
+    skips them (``wal2json.c`` ``pg_decode_write_tuple``) and ``apply_rls.sql`` fills a
+    missing column only from the old tuple, the primary key alone under the default
+    replica identity (which columns: :mod:`ai_jobs.localstack.feed`).
 
 REST (``GET /rest/v1/ai_jobs?select=...&col=eq.value``)
   * Run under the caller's role and claims with RLS, as PostgREST does; a bad
@@ -703,7 +707,8 @@ class SupabaseEdge:
         async with self._pool.connection() as conn:
             conn.row_factory = tuple_row  # type: ignore[assignment]
             cur = await conn.execute(
-                f"select id, op, record, old_pk, committed_at from {SCHEMA}.changes where id > %s order by id",
+                f"select id, op, record, old_pk, committed_at, unchanged_toast from {SCHEMA}.changes "
+                "where id > %s order by id",
                 (self._last_change,))
             changes = await cur.fetchall()
             await conn.execute(f"delete from {SCHEMA}.changes where committed_at < now() - interval '{KEEP}'")
@@ -712,7 +717,7 @@ class SupabaseEdge:
             return
         self._last_change = max(c[0] for c in changes)
         columns_by_role: dict[str, list[tuple[str, str]]] = {}
-        for _, op, record, old_pk, committed_at in changes:
+        for _, op, record, old_pk, committed_at, unchanged_toast in changes:
             channels = [c for conn in self._connections for c in conn.channels.values() if c.live]
             for channel in channels:
                 ids = [b.id for b in channel.bindings if b.matches(op, record, old_pk)]
@@ -725,7 +730,7 @@ class SupabaseEdge:
                     continue
                 if role not in columns_by_role:
                     columns_by_role[role] = await self._columns(role)
-                data = _payload(op, record, old_pk, committed_at, columns_by_role[role])
+                data = _payload(op, record, old_pk, committed_at, columns_by_role[role], unchanged_toast or ())
                 await channel.conn.send(None, None, channel.topic, "postgres_changes", {"ids": ids, "data": data})
                 self.changes_sent[str(old_pk["id"])] += 1
 
@@ -764,8 +769,11 @@ async def _act_as(conn: psycopg.AsyncConnection[Any], claims: dict[str, Any], *,
 
 
 def _payload(op: str, record: dict[str, Any] | None, old_pk: dict[str, Any], committed_at: Any,
-             columns: list[tuple[str, str]]) -> dict[str, Any]:
+             columns: list[tuple[str, str]], unchanged_toast: Any = ()) -> dict[str, Any]:
     allowed = {name for name, _ in columns}
+    # wal2json leaves unchanged TOASTed values out of the new tuple; apply_rls.sql takes a
+    # missing column from old_columns, which hold only the primary key here (feed.py)
+    record = {k: v for k, v in (record or {}).items() if k not in set(unchanged_toast)}
     errors: list[str] | None = None
     data: dict[str, Any] = {
         "schema": "public", "table": TABLE,
@@ -775,7 +783,7 @@ def _payload(op: str, record: dict[str, Any] | None, old_pk: dict[str, Any], com
         "type": op, "columns": [{"name": n, "type": t} for n, t in columns],
     }
     if op != "DELETE":
-        row = {k: v for k, v in (record or {}).items() if k in allowed}
+        row = {k: v for k, v in record.items() if k in allowed}
         # apply_rls measures the whole WAL record, then keeps values of at most 64 bytes
         if len(json.dumps(record).encode()) > MAX_RECORD_BYTES:
             row = {k: v for k, v in row.items() if len(json.dumps(v, ensure_ascii=False).encode()) <= MAX_VALUE_BYTES}

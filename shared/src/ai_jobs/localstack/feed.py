@@ -8,6 +8,18 @@ supabase/migrations), a row trigger on public.ai_jobs that writes each change
 unlogged table in the schema ``ai_jobs_dev`` and sends ``pg_notify`` with the
 change id. Notifications are delivered at commit, so the edge sees committed
 changes only, in commit order per notification, and wakes on them (no polling).
+
+For an UPDATE the trigger also names the columns the server's change would lack:
+wal2json leaves out every unchanged value stored out of line (wal2json.c
+``pg_decode_write_tuple``: "don't send unchanged TOAST Datum"), and Realtime's
+``apply_rls.sql`` can only take such a column from the old tuple, which under the
+default replica identity holds the primary key alone. Which values are out of line is
+not visible from SQL in PostgreSQL 16, so the trigger applies the rule that makes a
+value out of line for certain (``heaptoast.c`` ``heap_toast_insert_or_update``: a value
+that "is by itself more than maxDataLen (after compression if any)" is pushed to the
+TOAST table): equal before and after the update and stored (compressed) in over
+``TOAST_INLINE_MAX`` bytes. Smaller values the toaster moves out of a wide row too, and
+a rewrite with equal content (a new datum, sent by the server), are not modelled.
 """
 
 from __future__ import annotations
@@ -17,6 +29,9 @@ import psycopg
 CHANNEL = "ai_jobs_dev_changes"
 BROADCAST_CHANNEL = "ai_jobs_dev_broadcasts"
 SCHEMA = "ai_jobs_dev"
+# maxDataLen for public.ai_jobs: TOAST_TUPLE_TARGET (2032 bytes with 8 kB pages) less the
+# row header (24 bytes + the null bitmap of its 40-odd columns, aligned: 32).
+TOAST_INLINE_MAX = 2000
 # Marks the dev stand-in of realtime.send, so remove_feed drops only what it made.
 STANDIN_COMMENT = "ai-jobs dev stand-in for realtime.send of Supabase Realtime (Broadcast from Database)"
 
@@ -33,16 +48,35 @@ create unlogged table if not exists {SCHEMA}.changes (
   old_pk jsonb not null,
   committed_at timestamptz not null default clock_timestamp()
 );
+alter table {SCHEMA}.changes add column if not exists unchanged_toast text[];
 revoke all on table {SCHEMA}.changes from public;
 create or replace function {SCHEMA}.capture_v1() returns trigger
 language plpgsql security definer set search_path = '' as $$
 declare
   v_id bigint;
+  v_unchanged text[];
+  v_key text;
+  v_stored integer;
 begin
-  insert into {SCHEMA}.changes (op, record, old_pk)
+  if tg_op = 'UPDATE' then
+    -- columns equal before and after whose value is stored out of line: the server's
+    -- change lacks them (NEW and OLD are detoasted here: the stored size is read from the row)
+    for v_key in
+      select n.key from jsonb_each(to_jsonb(new)) n join jsonb_each(to_jsonb(old)) o on o.key = n.key
+      where n.value = o.value and pg_column_size(n.value) > {TOAST_INLINE_MAX}
+    loop
+      execute format('select pg_column_size(j.%I) from public.ai_jobs j where j.id = $1', v_key)
+        into v_stored using new.id;
+      if v_stored > {TOAST_INLINE_MAX} then
+        v_unchanged := array_append(v_unchanged, v_key);
+      end if;
+    end loop;
+  end if;
+  insert into {SCHEMA}.changes (op, record, old_pk, unchanged_toast)
   values (tg_op,
           case when tg_op = 'DELETE' then null else to_jsonb(new) end,
-          jsonb_build_object('id', case when tg_op = 'DELETE' then old.id else new.id end))
+          jsonb_build_object('id', case when tg_op = 'DELETE' then old.id else new.id end),
+          v_unchanged)
   returning id into v_id;
   perform pg_notify('{CHANNEL}', v_id::text);
   return null;
