@@ -10,7 +10,9 @@ const EMPTY = { job: null, failure: null, gone: false, text: null, partial: unde
  * @param {{client?: ReturnType<import("./ai-jobs.js").createAiJobsClient>, output?: boolean}} [options]
  *   output (default true): follow the live Claude output (`text`, `partial`) on the job's private channel
  */
-export function useAiJob(jobId, options = {}) {
+export function useAiJob(givenId, options = {}) {
+  // Postgres prints uuids in lower case: the rows' ids are compared with that form
+  const jobId = typeof givenId === "string" ? givenId.toLowerCase() : givenId;
   const client = options.client || null;
   const output = options.output !== false;
   const [state, setState] = useState({ ...EMPTY, jobId });

@@ -818,7 +818,7 @@ export function createAiJobsClient(options = {}) {
    * that cannot be: a refused read); onResume says reads or Realtime work again.
    * Watchers of one job share one feed: one channel, one read loop.
    */
-  function watchJob(jobId, handlers = {}) {
+  function watchJob(givenId, handlers = {}) {
     const { onUpdate, onDone, onGone, onError, onMode, onResume, onText, onPartial } = handlers;
     const wantsOutput = typeof onText === "function" || typeof onPartial === "function";
     let shownText = null;
@@ -826,12 +826,14 @@ export function createAiJobsClient(options = {}) {
     let stopped = false;
     let latest = null;
     let mode = null;
-    if (typeof jobId !== "string" || !UUID.test(jobId)) {
+    if (typeof givenId !== "string" || !UUID.test(givenId)) {
       queueMicrotask(() => {
         if (!stopped) safely(onError, new AiJobsError(400, { code: "invalid_job_id", detail: "job id must be a UUID" }));
       });
       return () => { stopped = true; };
     }
+    // Postgres prints uuids in lower case: rows, events and topics are matched on that form
+    const jobId = givenId.toLowerCase();
     let feed = registry.get(jobId);
     if (!feed || feed.end) {
       feed = createFeed(jobId);
@@ -854,7 +856,7 @@ export function createAiJobsClient(options = {}) {
       gone() {
         if (stopped) return;
         stop();
-        safely(onGone, jobId);
+        safely(onGone, givenId);
       },
       failed() {
         stop();

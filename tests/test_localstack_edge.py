@@ -199,6 +199,26 @@ def test_an_update_leaves_out_unchanged_toasted_values_as_on_the_server(edge: Su
     assert second["record"]["input"] == {**big, "n": 2}  # changed: sent
 
 
+def test_a_uuid_filter_matches_in_either_case(edge: SupabaseEdge, feed_db: str) -> None:
+    """The server casts a filter's value to the column's type (check_equality_op.sql):
+    `id=eq.<UPPER-CASE UUID>` matches the row, whose id Postgres prints in lower case."""
+    owner = add_user(feed_db)
+    job = _job(feed_db, owner)
+
+    async def scenario() -> Socket:
+        async with aiohttp.ClientSession() as session:
+            mine = await _connect(session, edge, mint_anon_key(SECRET))
+            await mine.join(str(job).upper(), mint_token(SECRET, owner))  # type: ignore[arg-type]
+            await mine.wait_for(lambda f: f[3] == "system")
+            _sql(feed_db, "update public.ai_jobs set progress = 20 where id = %s", job)
+            await mine.wait_for(lambda f: f[3] == "postgres_changes")
+            await mine.close()
+            return mine
+
+    (change,) = run_in_thread(scenario()).events("postgres_changes")
+    assert change[4]["data"]["record"]["id"] == str(job) and change[4]["data"]["record"]["progress"] == 20
+
+
 def test_a_change_before_the_subscription_is_live_is_missed_as_on_the_server(feed_db: str) -> None:
     """Between the join reply and "Subscribed to PostgreSQL" nothing is delivered:
     a client must re-read after the system message."""

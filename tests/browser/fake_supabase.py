@@ -13,6 +13,8 @@ Realtime (Phoenix websocket, vsn 2.0.0 JSON array frames; `phoenix` heartbeats):
   to PostgreSQL"} (realtime_channel.ex `handle_info(:postgres_subscribe, …)`;
   realtime-js RealtimeChannel.ts `postgres_changes_options` docs). Changes committed in
   between are never delivered. `join_delay`, `system_gap` and `hold_system` control it.
+- A filter `id=eq.<uuid>` matches in either case: the server casts the value to the
+  column's type (check_equality_op.sql, from is_visible_through_filters.sql).
 - postgres_changes messages carry `ids` of the matching bindings and `data` {schema,
   table, commit_timestamp, type, record, old_record, columns, errors}
   (RealtimeChannel.ts `_updateFilterTransform`, `_getPayloadRecords`).
@@ -360,8 +362,8 @@ class FakeSupabase:
         ids = [(7000 + len(self.joins) * 10 + i, b) for i, b in enumerate(bindings)]
         channel = Channel(ws=ws, topic=topic, join_ref=join_ref, bindings=ids, claims=claims)
         for _, binding in ids:
-            if str(binding.get("filter", "")).startswith("id=eq."):
-                channel.job_ids.add(binding["filter"].removeprefix("id=eq."))
+            if str(binding.get("filter", "")).startswith("id=eq."):  # a uuid: compared in either case
+                channel.job_ids.add(binding["filter"].removeprefix("id=eq.").lower())
         self._forget(topic)
         self._channels[topic] = channel
         await asyncio.get_running_loop().run_in_executor(None, self._remember, set(channel.job_ids))
@@ -443,7 +445,8 @@ class FakeSupabase:
             for bind_id, binding in channel.bindings:
                 if binding.get("table") not in ("ai_jobs", "*") or binding.get("event") not in ("*", kind):
                     continue
-                if kind == "DELETE" or binding.get("filter") in (None, f"id=eq.{job_id}"):
+                # the filter value is cast to the column's type (check_equality_op.sql): uuids match in either case
+                if kind == "DELETE" or binding.get("filter") is None or str(binding["filter"]).lower() == f"id=eq.{job_id}":
                     ids.append(bind_id)
             if not ids:
                 continue

@@ -363,3 +363,34 @@ def test_figures_reads_and_latency(page, fake, running, pg_store) -> None:
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "realtime-client-figures.json").write_text(json.dumps(figures, indent=2))
     assert fake.rest_reads[job_id] <= 3  # 2 unless the join took over a second (a read while connecting)
+
+
+def test_10_an_upper_case_job_id_is_followed(page, fake, running, pg_store, hook_bundle) -> None:
+    """watchJob and useAiJob accept a job id in upper case (a UUID either way) and follow it:
+    Postgres prints uuids in lower case, so events and rows are matched on that form."""
+    job_id, _, token = running()
+    open_harness(page, fake)
+    start(page, "main", job_id.upper(), token, realtime=True)
+    wait_for(lambda: live(page), what="the live subscription")
+    pg_store.progress(job_id, WORKER, 40, "pushed")
+    assert fake.push_change(job_id) == 1
+    wait_for(lambda: progress(page) == 40, timeout=3, what="a pushed change for the upper-case id")
+    assert fake.joins[-1]["topic"].endswith(job_id)  # joined in lower case, as the private topic's policy needs
+    pg_store.complete(job_id, WORKER, {"ok": True})
+    fake.push_change(job_id)
+    wait_for(lambda: state(page)["done"] == "completed", timeout=3, what="done")
+    no_rejections(page)
+
+    other_id, _, other_token = running()
+    fake.serve("hook-app.js", hook_bundle, "text/javascript")
+    page.goto(fake.serve("hook.html", HOOK_PAGE, "text/html") + f"#job={other_id.upper()}&token={other_token}")
+    page.wait_for_function("window.appReady === true")
+    page.wait_for_function("document.querySelector('#status').textContent === 'running'")
+    wait_for(lambda: fake.live_channels(other_id) != [], what="the hook's live subscription")
+    pg_store.progress(other_id, WORKER, 55, "pushed to the hook")
+    fake.push_change(other_id)
+    page.wait_for_function("document.querySelector('#progress').value === 55")
+    pg_store.complete(other_id, WORKER, {"ok": True})
+    fake.push_change(other_id)
+    page.wait_for_function("document.querySelector('#status').textContent === 'completed'")
+    assert page.evaluate("window.rejections") == []

@@ -127,6 +127,7 @@ TOO_LARGE = "Error 413: Payload Too Large"
 ROLES = ("anon", "authenticated", "service_role")
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]*$")
 _FILTER = re.compile(r"^([a-z_][a-z0-9_]*)=eq\.(.+)$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
 CONFIRM_TOKEN_SECONDS = 300.0  # realtime_channel.ex @confirm_token_ms_interval
 # The private Broadcast topic of a job (supabase/migrations/20261130001100_live_output.sql).
 _JOB_TOPIC = re.compile(r"^ai-jobs-live:([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
@@ -173,7 +174,12 @@ class Binding:
             return True
         row = old if op == "DELETE" else (record or {})
         got = row.get(self.column)
-        return got is not None and _text(got) == self.value
+        if got is None:
+            return False
+        # the server casts the filter value to the column's type (check_equality_op.sql):
+        # a uuid matches in either case
+        return _text(got) == self.value or (_UUID.match(_text(got)) is not None
+                                            and _text(got).lower() == str(self.value).lower())
 
 
 def _text(value: Any) -> str:
