@@ -22,6 +22,6 @@ export interface UseAiJob<Result = unknown> {
 
 export declare function useAiJob<Result = unknown>(
   jobId: string | null | undefined,
-  /** output (default true): follow the live Claude output on the job's private Broadcast channel. */
+  /** output (default true): follow the live Claude output (`text`, `partial`); false leaves them unset. */
   options?: { client?: AiJobsClient; output?: boolean },
 ): UseAiJob<Result>;

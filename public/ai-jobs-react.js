@@ -8,7 +8,8 @@ const EMPTY = { job: null, failure: null, gone: false, text: null, partial: unde
 /**
  * @param {string|null|undefined} jobId
  * @param {{client?: ReturnType<import("./ai-jobs.js").createAiJobsClient>, output?: boolean}} [options]
- *   output (default true): follow the live Claude output (`text`, `partial`) on the job's private channel
+ *   output (default true): follow the live Claude output (`text`, `partial`) that the job's one
+ *   private channel carries; false leaves them unset
  */
 export function useAiJob(givenId, options = {}) {
   // Postgres prints uuids in lower case: the rows' ids are compared with that form

@@ -163,9 +163,11 @@ export interface ClientOptions {
   /** ms after the join reply to treat the channel as live when the server sends no "Subscribed to PostgreSQL" (default 10000). */
   liveTimeout?: number;
   /**
-   * "postgres_changes" (default): status changes over Postgres Changes. "broadcast": over the
-   * job's private Broadcast channel, sent by the database trigger that
-   * `select public.ai_jobs_status_broadcast_v1(true)` installs (Supabase's recommendation at scale).
+   * Each watched job has one Realtime channel: its private topic `ai-jobs-live:<id>` (only the
+   * owner may join; works with "Allow public access" off). "postgres_changes" (default): status
+   * changes over Postgres Changes on that channel. "broadcast": the "status" messages on it, sent
+   * by the database trigger that `select public.ai_jobs_status_broadcast_v1(true)` installs
+   * (Supabase's recommendation at scale).
    */
   statusVia?: "postgres_changes" | "broadcast";
   fetch?: typeof fetch;
@@ -203,7 +205,7 @@ export interface WatchHandlers {
   onMode?(mode: WatchMode): void;
   /**
    * Live Claude output: the whole text so far each time it grows (from the row's snapshot,
-   * then deltas on the private channel `ai-jobs-live:<id>`, without gaps or duplicates).
+   * then deltas on the job's private channel `ai-jobs-live:<id>`, without gaps or duplicates).
    */
   onText?(text: string, info: OutputInfo): void;
   /** Structured output (ai.extract, ai.match): the JSON so far, closed so it parses. */

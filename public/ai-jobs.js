@@ -18,15 +18,19 @@
 // - an expired token closes the channel (system error, then phx_close) and
 //   realtime-js never rejoins a closed channel: we do, with a fresh token;
 // - supabase.channel(topic) returns an existing channel, and .on() throws after
-//   subscribe(): one channel per job per supabase client, shared by its watchers.
-// Live Claude output (issue 14): the worker broadcasts coalesced text deltas
-// {job, stream, seq, offset, delta, format, done, partial?} (event "output") on the
-// private topic `ai-jobs-live:<id>` (config.private: true; Realtime lets only the
-// job's owner join it, by RLS on realtime.messages). The row's `stream` column holds
-// the text so far; deltas are applied by `offset` (UTF-16 units = JS string indices):
-// overlap is dropped, a gap is filled by re-reading the row.
-// With statusVia "broadcast" the same private channel also carries job status
-// ("status" events sent by the database trigger), in place of postgres_changes.
+//   subscribe(): one channel per job per supabase client, shared by its watchers;
+// - a project with "Allow public access" off refuses every non-private join
+//   ("PrivateOnly"), and a private join is authorized by the SELECT policies on
+//   realtime.messages (ours: the job's owner, topic `ai-jobs-live:<id>` exactly);
+//   postgres_changes work on a private channel as on a public one.
+// So each watched job has ONE channel: the private topic `ai-jobs-live:<id>`
+// (config.private: true), carrying job status (postgres_changes, or with statusVia
+// "broadcast" the "status" events the database trigger sends) and the live Claude
+// output (issue 14): the worker broadcasts coalesced text deltas {job, stream, seq,
+// offset, delta, format, done, partial?} (event "output"). The row's `stream` column
+// holds the text so far; deltas are applied by `offset` (UTF-16 units = JS string
+// indices): overlap is dropped, a gap is filled by re-reading the row. Deltas reach
+// every watcher of the job; they are used only when one asked for output.
 
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 
@@ -287,13 +291,11 @@ export function createAiJobsClient(options = {}) {
   function createFeed(jobId) {
     const watchers = new Set();
     const feed = { jobId, latest: null, mode: null, end: null, watchers, output: null, wantsOutput: false };
+    // The job's one channel: the private topic ai-jobs-live:<id> (status and live output)
     let channel = null;
-    let outChannel = null; // the private Broadcast channel (live output; status too with statusVia "broadcast")
-    let outRejoinTimer = null;
-    let outRejoins = 0;
     let pendingOutput = []; // deltas past the text we have (a gap), kept until a read fills it
     let gapTimer = null;
-    let live = false; // the server confirmed the Postgres subscription
+    let live = false; // the server confirmed that status changes flow
     let reading = false;
     let readAgain = false;
     let retryDelay = pollInterval;
@@ -335,22 +337,11 @@ export function createAiJobsClient(options = {}) {
       clearTimeout(pollTimer);
       clearTimeout(liveTimer);
       clearTimeout(rejoinTimer);
-      clearTimeout(outRejoinTimer);
       clearTimeout(gapTimer);
-      pollTimer = liveTimer = rejoinTimer = outRejoinTimer = gapTimer = null;
+      pollTimer = liveTimer = rejoinTimer = gapTimer = null;
       if (sleeper) sleeper();
       if (typeof document !== "undefined") document.removeEventListener("visibilitychange", onVisible);
       dropChannel();
-      dropOutChannel();
-    }
-
-    function dropOutChannel() {
-      if (!outChannel || !supabase) return;
-      const c = outChannel;
-      outChannel = null;
-      Promise.resolve()
-        .then(() => supabase.removeChannel(c))
-        .catch(() => {});
     }
 
     // -- live output -------------------------------------------------------------
@@ -447,7 +438,7 @@ export function createAiJobsClient(options = {}) {
 
     function onOutput(message) {
       const m = message && message.payload;
-      if (feed.end || !m || m.job !== jobId || typeof m.delta !== "string" || typeof m.offset !== "number") return;
+      if (feed.end || !feed.wantsOutput || !m || m.job !== jobId || typeof m.delta !== "string" || typeof m.offset !== "number") return;
       const out = feed.output;
       if (!out || out.stream !== m.stream) {
         if (m.offset === 0) {
@@ -488,76 +479,10 @@ export function createAiJobsClient(options = {}) {
       apply(merged); // the updated_at guard drops an older event
     }
 
-    function onOutStatus(c, status, error) {
-      if (c !== outChannel || feed.end) return;
-      if (status === "SUBSCRIBED") {
-        outRejoins = 0;
-        // joined. Status: reconcile by reading (goLive). Output: the first read already
-        // took the row's text so far; a delta that does not connect to it means some were
-        // sent before the join, and that gap is what triggers a re-read (no read otherwise).
-        if (statusViaBroadcast) goLive();
-      } else if (status === "CHANNEL_ERROR" || status === "TIMED_OUT") {
-        // refused (not the owner, or no Realtime Authorization policy) or unreachable; phoenix retries the join
-        if (statusViaBroadcast) {
-          if (error) {
-            failing = true;
-            emit("error", new AiJobsError(0, { code: "realtime_error", detail: String(error.message || error) }));
-          }
-          goDown("polling-fallback");
-        }
-        refreshAuth();
-      } else if (status === "CLOSED") {
-        outChannel = null;
-        if (statusViaBroadcast) goDown("polling-fallback");
-        scheduleOutRejoin();
-      }
-    }
-
-    function scheduleOutRejoin() {
-      clearTimeout(outRejoinTimer);
-      const delay = [250, 1000, 2000, 5000, 10000][Math.min(outRejoins, 4)];
-      outRejoins += 1;
-      outRejoinTimer = setTimeout(async () => {
-        outRejoinTimer = null;
-        await refreshAuth();
-        if (!feed.end && !outChannel) subscribeOutput();
-      }, delay);
-    }
-
-    async function subscribeOutput() {
-      if (!supabase || feed.end || outChannel) return;
-      try {
-        if (supabase.realtime && typeof supabase.realtime.setAuth === "function") await supabase.realtime.setAuth();
-      } catch {
-        // a refused join reports CHANNEL_ERROR
-      }
-      if (feed.end || outChannel) return;
-      const topic = `ai-jobs-live:${jobId}`; // the policy names this topic exactly: no suffix possible
-      const taken = (typeof supabase.getChannels === "function" ? supabase.getChannels() : [])
-        .some((ch) => ch.topic === `realtime:${topic}`);
-      if (taken) { // our previous channel is still leaving
-        scheduleOutRejoin();
-        return;
-      }
-      let c = null;
-      try {
-        c = supabase.channel(topic, { config: { private: true, broadcast: { self: false, ack: false } } });
-        outChannel = c;
-        c.on("broadcast", { event: "output" }, onOutput)
-          .on("broadcast", { event: "status" }, onStatusEvent)
-          .subscribe((status, error) => onOutStatus(c, status, error));
-      } catch (error) {
-        if (c && outChannel === c) outChannel = null;
-        emit("error", new AiJobsError(0, { code: "realtime_error", detail: String((error && error.message) || error) }));
-        scheduleOutRejoin();
-      }
-    }
-
     feed.wantOutput = () => {
       if (feed.wantsOutput) return;
       feed.wantsOutput = true;
-      if (feed.latest) adoptSnapshot(feed.latest);
-      if (feed.started && !feed.end && !isTerminal(feed.latest)) subscribeOutput();
+      if (feed.latest) adoptSnapshot(feed.latest); // deltas then apply from the text so far (the channel has them)
     };
 
     function dropChannel() {
@@ -708,6 +633,7 @@ export function createAiJobsClient(options = {}) {
     function onSystem(c, payload) {
       if (c !== channel || feed.end || !payload) return;
       if (payload.extension === "postgres_changes") {
+        if (statusViaBroadcast) return;
         if (payload.status === "ok") goLive();
         else goDown("polling-fallback"); // the server retries the subscription and reports ok later
       } else if (payload.status === "error") {
@@ -720,11 +646,18 @@ export function createAiJobsClient(options = {}) {
     function onStatus(c, status, error) {
       if (c !== channel || feed.end) return;
       if (status === "SUBSCRIBED") {
-        // joined, but changes flow only once the server says "Subscribed to PostgreSQL"
-        clearTimeout(liveTimer);
-        liveTimer = setTimeout(goLive, liveTimeout); // a server that never says so
+        // Output: the first read already took the row's text so far; a delta that does not
+        // connect to it means some were sent before the join, and that gap triggers a re-read.
+        if (statusViaBroadcast) goLive(); // joined: status events flow; reconcile by reading
+        else {
+          // joined, but changes flow only once the server says "Subscribed to PostgreSQL"
+          clearTimeout(liveTimer);
+          liveTimer = setTimeout(goLive, liveTimeout); // a server that never says so
+        }
       } else if (status === "CHANNEL_ERROR" || status === "TIMED_OUT") {
-        // realtime-js (phoenix) rejoins an errored channel by itself: make that join carry a fresh token
+        // refused (not the owner, no Realtime Authorization policy, too many channels) or
+        // unreachable: realtime-js (phoenix) rejoins an errored channel by itself; make that
+        // join carry a fresh token
         if (error) {
           failing = true;
           emit("error", new AiJobsError(0, { code: "realtime_error", detail: String(error.message || error) }));
@@ -750,28 +683,34 @@ export function createAiJobsClient(options = {}) {
       }, delay);
     }
 
-    function topicFor() {
-      // a channel with this topic may still be leaving (removeChannel is async) or be the app's own
-      const taken = new Set((typeof supabase.getChannels === "function" ? supabase.getChannels() : []).map((c) => c.topic));
-      let topic = `ai-jobs:${jobId}`;
-      for (let n = 2; taken.has(`realtime:${topic}`); n += 1) topic = `ai-jobs:${jobId}:${n}`;
-      return topic;
-    }
-
+    /**
+     * Join the job's private channel: Realtime Authorization lets only the owner join it
+     * (the policy on realtime.messages), so it works with "Allow public access" off, and
+     * one channel carries status (postgres_changes, or "status" broadcasts) and output.
+     */
     async function subscribe() {
-      // the join must carry the user's token, not just the anon key: Realtime
-      // authorizes every change against the SELECT policy as that user
+      // the join must carry the user's token, not just the anon key: Realtime authorizes
+      // the join and every change against the policies as that user
       try {
         if (supabase.realtime && typeof supabase.realtime.setAuth === "function") await supabase.realtime.setAuth();
       } catch {
         // keep the cached token; a refused join reports CHANNEL_ERROR
       }
       if (feed.end || channel) return;
+      const topic = `ai-jobs-live:${jobId}`; // the policy names this topic exactly: no suffix possible
+      const taken = (typeof supabase.getChannels === "function" ? supabase.getChannels() : [])
+        .some((ch) => ch.topic === `realtime:${topic}`);
+      if (taken) { // our previous channel is still leaving; reads go on meanwhile
+        scheduleRejoin();
+        return;
+      }
       let c = null;
       try {
-        c = supabase.channel(topicFor());
+        c = supabase.channel(topic, { config: { private: true, broadcast: { self: false, ack: false } } });
         channel = c;
-        c.on("postgres_changes", { event: "*", schema: "public", table: "ai_jobs", filter: `id=eq.${jobId}` }, onChange)
+        if (statusViaBroadcast) c.on("broadcast", { event: "status" }, onStatusEvent);
+        else c.on("postgres_changes", { event: "*", schema: "public", table: "ai_jobs", filter: `id=eq.${jobId}` }, onChange);
+        c.on("broadcast", { event: "output" }, onOutput)
           .on("system", {}, (payload) => onSystem(c, payload))
           .subscribe((status, error) => onStatus(c, status, error));
       } catch (error) {
@@ -798,11 +737,7 @@ export function createAiJobsClient(options = {}) {
       }
       setMode("connecting");
       schedulePoll(); // until the subscription is live, changes are only seen by reading
-      if (statusViaBroadcast) subscribeOutput(); // one private channel: status and output
-      else {
-        subscribe();
-        if (feed.wantsOutput) subscribeOutput();
-      }
+      subscribe();
     };
     feed.release = release;
     return feed;

@@ -68,12 +68,12 @@ def _sql(url: str, statement: str, *params: Any) -> None:
 class Socket(RealtimeSocket):
     """Joins a job's postgres_changes channel, as the browser client does."""
 
-    async def join(self, job_id: uuid.UUID, token: str, *, topic: str | None = None) -> str:
+    async def join(self, job_id: uuid.UUID, token: str, *, topic: str | None = None, private: bool = False) -> str:
         topic = topic or f"realtime:ai-jobs:{job_id}"
         binding = {"event": "*", "schema": "public", "table": "ai_jobs", "filter": f"id=eq.{job_id}"}
         await self.push(topic, "phx_join", {"config": {"broadcast": {"ack": False, "self": False},
                                                        "presence": {"key": "", "enabled": False},
-                                                       "postgres_changes": [binding], "private": False},
+                                                       "postgres_changes": [binding], "private": private},
                                             "access_token": token})
         return topic
 
@@ -217,6 +217,49 @@ def test_a_uuid_filter_matches_in_either_case(edge: SupabaseEdge, feed_db: str) 
 
     (change,) = run_in_thread(scenario()).events("postgres_changes")
     assert change[4]["data"]["record"]["id"] == str(job) and change[4]["data"]["record"]["progress"] == 20
+
+
+def test_with_public_access_off_only_private_joins_and_postgres_changes_on_them(feed_db: str) -> None:
+    """private_only (the dashboard's "Allow public access" off) refuses a public join with
+    the server's PrivateOnly reason; the job's private topic, joined by its owner with a
+    postgres_changes binding, gets the subscription and the changes; another user's
+    private join is refused by the policy."""
+    owner, other = add_user(feed_db), add_user(feed_db)
+    job = _job(feed_db, owner)
+    edge = SupabaseEdge(feed_db, SECRET, access_log=False, private_only=True)
+    edge.start()
+
+    async def scenario() -> tuple[Socket, Socket]:
+        async with aiohttp.ClientSession() as session:
+            mine = await _connect(session, edge, mint_anon_key(SECRET))
+            theirs = await _connect(session, edge, mint_anon_key(SECRET))
+            await mine.join(job, mint_token(SECRET, owner))
+            await mine.wait_for(lambda f: f[3] == "phx_reply" and f[2] == f"realtime:ai-jobs:{job}")
+            private_topic = f"realtime:ai-jobs-live:{job}"
+            await mine.join(job, mint_token(SECRET, owner), topic=private_topic, private=True)
+            await theirs.join(job, mint_token(SECRET, other), topic=private_topic, private=True)
+            await mine.wait_for(lambda f: f[3] == "system" and f[2] == private_topic)
+            await theirs.wait_for(lambda f: f[3] == "phx_reply")
+            _sql(feed_db, "update public.ai_jobs set progress = 70 where id = %s", job)
+            await mine.wait_for(lambda f: f[3] == "postgres_changes")
+            for sock in (mine, theirs):
+                await sock.close()
+            return mine, theirs
+
+    try:
+        mine, theirs = run_in_thread(scenario())
+    finally:
+        edge.stop()
+    public_reply, private_reply = mine.events("phx_reply")[:2]
+    assert public_reply[4] == {"status": "error",
+                               "response": {"reason": "PrivateOnly: This project only allows private channels"}}
+    assert private_reply[4]["status"] == "ok" and private_reply[4]["response"]["postgres_changes"]
+    assert mine.events("system")[0][4]["message"] == "Subscribed to PostgreSQL"
+    (change,) = mine.events("postgres_changes")
+    assert change[2] == f"realtime:ai-jobs-live:{job}" and change[4]["data"]["record"]["progress"] == 70
+    (refused,) = theirs.events("phx_reply")
+    assert refused[4]["response"]["reason"] == (
+        f"Unauthorized: You do not have permissions to read from this Channel topic: ai-jobs-live:{job}")
 
 
 def test_a_change_before_the_subscription_is_live_is_missed_as_on_the_server(feed_db: str) -> None:

@@ -8,6 +8,18 @@ Realtime (Phoenix websocket, vsn 2.0.0 JSON array frames; `phoenix` heartbeats):
 - phx_join with `config.postgres_changes` and `access_token` → phx_reply ok with the
   bindings echoed back with server ids (realtime-js RealtimeChannel.ts
   `_updatePostgresBindings` matches them; server realtime_channel.ex `join/3`).
+- `private_only` (the dashboard's "Allow public access" off): a join without
+  `config.private: true` is refused with "PrivateOnly: This project only allows private
+  channels", before the token is looked at (realtime_channel.ex `join/3` → `only_private?`;
+  the reason is `"<code>: <message>"`, realtime_channel/logging.ex `log_error`).
+- A private join is authorized by the SELECT policies on realtime.messages as the user
+  (realtime_channel.ex `maybe_assign_policies`, tenants/authorization.ex
+  `get_read_authorizations`); the fake applies what our policy (migration
+  20261130001100_live_output.sql, `ai_jobs_live_owner_receive`) states: topic
+  `ai-jobs-live:<lower-case uuid>` for `authenticated` when that job is the user's (read
+  as the user under RLS), any topic for `service_role`. Refused: "Unauthorized: You do
+  not have permissions to read from this Channel topic: <topic>". postgres_changes work
+  on a private channel as on a public one (`postgres_cdc_subscribe` ignores `private?`).
 - The join reply comes BEFORE the Postgres subscription is live; the server then
   pushes `system` {extension: "postgres_changes", status: "ok", message: "Subscribed
   to PostgreSQL"} (realtime_channel.ex `handle_info(:postgres_subscribe, …)`;
@@ -64,6 +76,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import threading
 import time
 import uuid
@@ -93,6 +106,8 @@ COLUMN_TYPES = {
     "checkpoints": "jsonb", "metadata": "jsonb", "usage": "jsonb",
 }
 API_COLUMNS = ",".join(ApiJob.model_fields)
+# The private topic our policy on realtime.messages names (a lower-case uuid: `~` is case-sensitive)
+LIVE_TOPIC = re.compile(r"^ai-jobs-live:([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$")
 
 
 def client_dir() -> Path:
@@ -129,6 +144,7 @@ class FakeSupabase:
         self.delivered: list[tuple[str, str, str]] = []  # (topic, type, record id)
         self.dropped: list[tuple[str, str]] = []  # (topic, type): changes before the channel was live
         self.reject_joins = 0
+        self.private_only = False  # "Allow public access" off: non-private joins are refused
         self.join_delay = 0.0
         self.system_gap = 0.05  # seconds from the join reply to "Subscribed to PostgreSQL"
         self.max_record_bytes = 1024 * 1024
@@ -351,6 +367,12 @@ class FakeSupabase:
             await self._send(ws, [join_ref, ref, topic, "phx_reply",
                                   {"status": "error", "response": {"reason": "simulated outage"}}])
             return
+        config = payload.get("config") or {}
+        private = config.get("private") is True
+        if self.private_only and not private:
+            await self._send(ws, [join_ref, ref, topic, "phx_reply", {"status": "error", "response": {
+                "reason": "PrivateOnly: This project only allows private channels"}}])
+            return
         token = payload.get("access_token")
         if token:
             self.access_tokens.append(token)
@@ -358,12 +380,19 @@ class FakeSupabase:
         if claims is None:
             await self._send(ws, [join_ref, ref, topic, "phx_reply", {"status": "error", "response": {"reason": refusal}}])
             return
+        sub_topic = topic.removeprefix("realtime:")
+        if private and not await asyncio.get_running_loop().run_in_executor(None, self._may_read, claims, sub_topic):
+            await self._send(ws, [join_ref, ref, topic, "phx_reply", {"status": "error", "response": {
+                "reason": f"Unauthorized: You do not have permissions to read from this Channel topic: {sub_topic}"}}])
+            return
         bindings = payload.get("config", {}).get("postgres_changes", [])
         ids = [(7000 + len(self.joins) * 10 + i, b) for i, b in enumerate(bindings)]
         channel = Channel(ws=ws, topic=topic, join_ref=join_ref, bindings=ids, claims=claims)
         for _, binding in ids:
             if str(binding.get("filter", "")).startswith("id=eq."):  # a uuid: compared in either case
                 channel.job_ids.add(binding["filter"].removeprefix("id=eq.").lower())
+        if private and (found := LIVE_TOPIC.match(sub_topic)):
+            channel.job_ids.add(found.group(1))
         self._forget(topic)
         self._channels[topic] = channel
         await asyncio.get_running_loop().run_in_executor(None, self._remember, set(channel.job_ids))
@@ -425,6 +454,13 @@ class FakeSupabase:
         channel = self._channels.pop(topic, None)
         if channel and channel.expiry and channel.expiry is not asyncio.current_task():
             channel.expiry.cancel()
+
+    def _may_read(self, claims: dict[str, Any], sub_topic: str) -> bool:
+        """Realtime Authorization's read check for a private topic, as our policy states it."""
+        if claims.get("role") == "service_role":
+            return True
+        found = LIVE_TOPIC.match(sub_topic)
+        return claims.get("role") == "authenticated" and found is not None and self._visible_to(claims, found.group(1))
 
     def _visible_to(self, claims: dict[str, Any], job_id: str) -> bool:
         with psycopg.connect(self.database_url) as conn, conn.transaction():

@@ -73,7 +73,8 @@ def test_join_carries_table_filter_and_token_and_rereads_once_live(page, fake, j
     start(page, "main", job_id, token, realtime=True, pollInterval=5000)
     wait_for(lambda: len(fake.joins) == 1, what="the join")
     join = fake.joins[0]
-    assert join["topic"] == f"realtime:ai-jobs:{job_id}"
+    assert join["topic"] == f"realtime:ai-jobs-live:{job_id}"  # the job's private channel: status and output
+    assert join["config"]["private"] is True
     assert join["config"]["postgres_changes"] == [
         {"event": "*", "schema": "public", "table": "ai_jobs", "filter": f"id=eq.{job_id}"}
     ]
@@ -139,7 +140,7 @@ def test_channel_removed_at_terminal_status(page, fake, job, pg_store) -> None:
     pg_store.complete(job_id, WORKER, {"ok": True})
     fake.push_change(job_id, fake.row(job_id))
     wait_for(lambda: events(page)["done"] == "completed", what="done")
-    wait_for(lambda: f"realtime:ai-jobs:{job_id}" in fake.leaves, what="phx_leave for the channel")
+    wait_for(lambda: f"realtime:ai-jobs-live:{job_id}" in fake.leaves, what="phx_leave for the channel")
     assert events(page)["updates"][-1]["progress"] == 100
     assert fake.channels_for(job_id) == []  # no channel left to deliver to
 

@@ -207,7 +207,7 @@ def test_5_only_this_job_and_deletion_is_gone(page, fake, running, pg_store) -> 
     start(page, "main", job_id, token, realtime=True)
     wait_for(lambda: live(page), what="the live subscription")
     fake.delete_row(other_id)
-    assert fake.delivered[-1] == (f"realtime:ai-jobs:{job_id}", "DELETE", other_id)
+    assert fake.delivered[-1] == (f"realtime:ai-jobs-live:{job_id}", "DELETE", other_id)
     pg_store.progress(job_id, WORKER, 35, "still here")
     fake.push_change(job_id)
     wait_for(lambda: progress(page) == 35, timeout=3, what="updates after another job's DELETE")
@@ -394,3 +394,33 @@ def test_10_an_upper_case_job_id_is_followed(page, fake, running, pg_store, hook
     fake.push_change(other_id)
     page.wait_for_function("document.querySelector('#status').textContent === 'completed'")
     assert page.evaluate("window.rejections") == []
+
+
+def test_11_with_public_access_off_changes_are_still_pushed(page, fake, running, pg_store, make_user) -> None:
+    """With "Allow public access" off, the server refuses every join that is not private
+    ("PrivateOnly: This project only allows private channels"). The watch joins one
+    channel, the job's private topic, which the owner's policy allows: it goes live and
+    shows pushed changes without polling. Another user's join of that topic is refused."""
+    job_id, _, token = running()
+    fake.private_only = True
+    open_harness(page, fake)
+    start(page, "main", job_id, token, realtime=True)
+    wait_for(lambda: live(page), what="the live subscription")
+    assert [j["topic"] for j in fake.joins] == [f"realtime:ai-jobs-live:{job_id}"]
+    assert fake.joins[0]["config"]["private"] is True
+    reads = settled_reads(fake, job_id)
+    pg_store.progress(job_id, WORKER, 25, "pushed")
+    assert fake.push_change(job_id) == 1
+    wait_for(lambda: progress(page) == 25, timeout=3, what="a pushed change")
+    time.sleep(1.5)
+    assert fake.rest_reads[job_id] == reads, "kept reading while on Realtime"
+    assert state(page)["errors"] == []
+    refused = page.evaluate("""async ([id, t]) => {
+        const supabase = window.supabase.createClient(location.origin, "anon-key", { accessToken: async () => t });
+        return await new Promise((resolve) => {
+            supabase.channel(`ai-jobs-live:${id}`, { config: { private: true } })
+                .subscribe((status, error) => { if (status !== "SUBSCRIBED") resolve(String(error && error.message)); else resolve("joined"); });
+        });
+    }""", [job_id, user_token(make_user())])
+    assert "You do not have permissions to read from this Channel topic" in refused, refused
+    no_rejections(page)

@@ -75,6 +75,13 @@ Broadcast (live Claude output, status over Broadcast)
     permission closes the channel (``check_read_permissions_revoked``).
   * Private and public channels of the same name are separate topics
     (``tenants.ex`` ``tenant_topic``: ``<tenant>-private:<topic>`` vs ``<tenant>:<topic>``).
+  * A private channel takes ``postgres_changes`` bindings like a public one (the server's
+    ``postgres_cdc_subscribe`` does not look at ``private?``): the browser client follows
+    a job's status and output on its one private channel.
+  * ``private_only=True`` is the dashboard's "Allow public access" off: a join without
+    ``config.private: true`` is refused with "PrivateOnly: This project only allows
+    private channels", before the token is checked (``realtime_channel.ex`` ``join`` →
+    ``only_private?``; ``logging.ex`` ``log_error`` makes the reason ``"<code>: <msg>"``).
   * ``POST /realtime/v1/api/broadcast`` ``{messages: [{topic, event, payload,
     private}]}`` (``broadcast_controller.ex``, ``tenants/batch_broadcast.ex``): 202;
     422 when a message lacks topic, event or an object payload; the apikey (or
@@ -229,12 +236,13 @@ class SupabaseEdge:
     """The edge on its own thread and event loop; ``start()`` returns its URL."""
 
     def __init__(self, database_url: str, jwt_secret: str, *, host: str = "127.0.0.1", port: int = 0,
-                 subscribe_delay: float = 0.0, access_log: bool = True) -> None:
+                 subscribe_delay: float = 0.0, access_log: bool = True, private_only: bool = False) -> None:
         self.database_url = database_url
         self.jwt_secret = jwt_secret
         self.host = host
         self.port = port
         self.subscribe_delay = subscribe_delay  # seconds between the join reply and the live subscription
+        self.private_only = private_only  # "Allow public access" off: joins without config.private are refused
         self.access_log = access_log
         self.url = ""
         self.rest_reads: Counter[str] = Counter()  # per filter value (the job id), for tests and figures
@@ -473,14 +481,17 @@ class SupabaseEdge:
         if not isinstance(topic, str) or not topic.startswith("realtime:") or topic == "realtime:":
             await refuse("TopicNameRequired: You must provide a topic name")
             return
+        config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
+        private = config.get("private") is True
+        if self.private_only and not private:  # realtime_channel.ex only_private?, before the token
+            await refuse("PrivateOnly: This project only allows private channels")
+            return
         token = payload.get("access_token") or payload.get("user_token") or conn.apikey
         try:
             claims = verify_token(token, self.jwt_secret)
         except TokenError as exc:
             await refuse(f"{'InvalidJWTToken' if exc.expired else 'JwtSignatureError'}: {exc}")
             return
-        config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
-        private = config.get("private") is True
         if private and not await self._may_receive(claims, topic.removeprefix("realtime:")):
             await refuse("Unauthorized: You do not have permissions to read from this Channel topic: "
                          f"{topic.removeprefix('realtime:')}")
