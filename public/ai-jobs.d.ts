@@ -160,14 +160,19 @@ export interface ClientOptions {
   maxPollInterval?: number;
   /** ms before a read is abandoned and retried (default 10000). */
   readTimeout?: number;
-  /** ms after the join reply to treat the channel as live when the server sends no "Subscribed to PostgreSQL" (default 10000). */
+  /**
+   * ms after the join reply to treat the channel as live when the server sends no "Subscribed to
+   * PostgreSQL" (default 10000) or, with statusVia "broadcast", no "Replication connection
+   * established" (default 65000: the server closes the channel after a minute without it).
+   */
   liveTimeout?: number;
   /**
    * Each watched job has one Realtime channel: its private topic `ai-jobs-live:<id>` (only the
    * owner may join; works with "Allow public access" off). "postgres_changes" (default): status
    * changes over Postgres Changes on that channel. "broadcast": the "status" messages on it, sent
    * by the database trigger that `select public.ai_jobs_status_broadcast_v1(true)` installs
-   * (Supabase's recommendation at scale).
+   * (Supabase's recommendation at scale); the join asks for `broadcast.replication_ready` and the
+   * job is read until the server says the replication connection is up.
    */
   statusVia?: "postgres_changes" | "broadcast";
   fetch?: typeof fetch;

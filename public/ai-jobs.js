@@ -23,6 +23,13 @@
 //   ("PrivateOnly"), and a private join is authorized by the SELECT policies on
 //   realtime.messages (ours: the job's owner, topic `ai-jobs-live:<id>` exactly);
 //   postgres_changes work on a private channel as on a public one.
+// - Broadcast from Database (statusVia "broadcast") is streamed by the tenant's replication
+//   connection, which the server starts asynchronously and which creates a TEMPORARY slot:
+//   a message sent before it is up is never delivered, and the join reply does not wait
+//   for it (tenants/connect.ex, replication_connection.ex). A join with
+//   config.broadcast.replication_ready gets a `system` ok ("Replication connection
+//   established") once it is up, or is shut down after a minute (realtime_channel.ex
+//   handle_info(:notify_replication_ready); realtime-js RealtimeChannelOptions).
 // So each watched job has ONE channel: the private topic `ai-jobs-live:<id>`
 // (config.private: true), carrying job status (postgres_changes, or with statusVia
 // "broadcast" the "status" events the database trigger sends) and the live Claude
@@ -126,7 +133,9 @@ function registryFor(owner) {
  * @param {number} [options.maxPollInterval]  backoff ceiling in ms (default 15000)
  * @param {number} [options.readTimeout]  ms before a read is abandoned and retried (default 10000)
  * @param {number} [options.liveTimeout]  ms after the join reply to assume changes flow when the
- *   server sends no "Subscribed to PostgreSQL" message (default 10000)
+ *   server sends no "Subscribed to PostgreSQL" message (default 10000), or with statusVia
+ *   "broadcast" no "Replication connection established" message (default 65000)
+ * @param {"postgres_changes"|"broadcast"} [options.statusVia]  how job status reaches the channel
  * @param {typeof fetch} [options.fetch]
  */
 export function createAiJobsClient(options = {}) {
@@ -136,8 +145,10 @@ export function createAiJobsClient(options = {}) {
   const pollInterval = options.pollInterval ?? 1000;
   const maxPollInterval = options.maxPollInterval ?? 15000;
   const readTimeout = options.readTimeout ?? 10000;
-  const liveTimeout = options.liveTimeout ?? 10000;
   const statusViaBroadcast = options.statusVia === "broadcast";
+  // without the live message: postgres_changes says within seconds; the replication-ready
+  // message can take up to the server's 1 minute deadline (then it closes the channel)
+  const liveTimeout = options.liveTimeout ?? (statusViaBroadcast ? 65000 : 10000);
   const registry = registryFor(supabase || {});
 
   /**
@@ -636,8 +647,12 @@ export function createAiJobsClient(options = {}) {
         if (statusViaBroadcast) return;
         if (payload.status === "ok") goLive();
         else goDown("polling-fallback"); // the server retries the subscription and reports ok later
+      } else if (payload.extension === "system" && payload.status === "ok") {
+        // "Replication connection established" (asked for with statusVia "broadcast"):
+        // only now do status broadcasts flow
+        if (statusViaBroadcast) goLive();
       } else if (payload.status === "error") {
-        // e.g. "Token has expired …": phx_close follows
+        // e.g. "Token has expired …", "Replication connection was not established in time": phx_close follows
         failing = true;
         emit("error", new AiJobsError(0, { code: "realtime_closed", detail: String(payload.message || "channel closed") }));
       }
@@ -648,12 +663,11 @@ export function createAiJobsClient(options = {}) {
       if (status === "SUBSCRIBED") {
         // Output: the first read already took the row's text so far; a delta that does not
         // connect to it means some were sent before the join, and that gap triggers a re-read.
-        if (statusViaBroadcast) goLive(); // joined: status events flow; reconcile by reading
-        else {
-          // joined, but changes flow only once the server says "Subscribed to PostgreSQL"
-          clearTimeout(liveTimer);
-          liveTimer = setTimeout(goLive, liveTimeout); // a server that never says so
-        }
+        // Joined, but status flows only once the server says so: "Subscribed to PostgreSQL",
+        // or with statusVia "broadcast" "Replication connection established". Reads go on
+        // until then, and once more at that moment.
+        clearTimeout(liveTimer);
+        liveTimer = setTimeout(goLive, liveTimeout); // a server that never says so
       } else if (status === "CHANNEL_ERROR" || status === "TIMED_OUT") {
         // refused (not the owner, no Realtime Authorization policy, too many channels) or
         // unreachable: realtime-js (phoenix) rejoins an errored channel by itself; make that
@@ -706,7 +720,9 @@ export function createAiJobsClient(options = {}) {
       }
       let c = null;
       try {
-        c = supabase.channel(topic, { config: { private: true, broadcast: { self: false, ack: false } } });
+        const broadcast = { self: false, ack: false };
+        if (statusViaBroadcast) broadcast.replication_ready = true; // the live moment (see onSystem)
+        c = supabase.channel(topic, { config: { private: true, broadcast } });
         channel = c;
         if (statusViaBroadcast) c.on("broadcast", { event: "status" }, onStatusEvent);
         else c.on("postgres_changes", { event: "*", schema: "public", table: "ai_jobs", filter: `id=eq.${jobId}` }, onChange);

@@ -262,6 +262,37 @@ def test_with_public_access_off_only_private_joins_and_postgres_changes_on_them(
         f"Unauthorized: You do not have permissions to read from this Channel topic: ai-jobs-live:{job}")
 
 
+def test_replication_ready_is_announced_after_the_join_reply(edge: SupabaseEdge, feed_db: str) -> None:
+    """A join with config.broadcast.replication_ready gets the server's system message
+    "Replication connection established" after the join reply; one without does not."""
+    owner = add_user(feed_db)
+    job = _job(feed_db, owner)
+    topic = f"realtime:ai-jobs-live:{job}"
+
+    async def scenario() -> tuple[Socket, Socket]:
+        async with aiohttp.ClientSession() as session:
+            asking = await _connect(session, edge, mint_anon_key(SECRET))
+            plain = await _connect(session, edge, mint_anon_key(SECRET))
+            for sock, ready in ((asking, True), (plain, False)):
+                await sock.push(topic, "phx_join", {"config": {"broadcast": {"ack": False, "self": False, "replication_ready": ready},
+                                                               "presence": {"key": "", "enabled": False},
+                                                               "postgres_changes": [], "private": True},
+                                                    "access_token": mint_token(SECRET, owner)})
+            await asking.wait_for(lambda f: f[3] == "system")
+            await plain.wait_for(lambda f: f[3] == "phx_reply")
+            await asyncio.sleep(0.3)
+            for sock in (asking, plain):
+                await sock.close()
+            return asking, plain
+
+    asking, plain = run_in_thread(scenario())
+    assert [f[3] for f in asking.frames[:2]] == ["phx_reply", "system"]
+    assert asking.frames[0][4]["status"] == "ok"
+    assert asking.frames[1][4] == {"extension": "system", "status": "ok", "message": "Replication connection established",
+                                   "channel": f"ai-jobs-live:{job}"}
+    assert plain.events("system") == []
+
+
 def test_a_change_before_the_subscription_is_live_is_missed_as_on_the_server(feed_db: str) -> None:
     """Between the join reply and "Subscribed to PostgreSQL" nothing is delivered:
     a client must re-read after the system message."""

@@ -56,6 +56,23 @@ Realtime (Phoenix websocket, vsn 2.0.0 JSON array frames; `phoenix` heartbeats):
 - `access_token` pushes replace the channel's token (and its expiry); an expired
   one shuts the channel down the same way (realtime_channel.ex
   `handle_in("access_token", …)`; realtime-js RealtimeClient.ts `_performAuth`).
+- Broadcast from Database (`db_status`: what the opt-in trigger
+  `ai_jobs_status_broadcast_send_v1` sends with `realtime.send`, migration
+  20261130001100_live_output.sql) is streamed from the tenant's replication connection,
+  which the server starts asynchronously when the tenant connects (the first join:
+  tenants/connect.ex `handle_continue(:start_replication)` → `async_start_replication_connection`)
+  and which creates a TEMPORARY slot when it starts (replication_connection.ex
+  `CREATE_REPLICATION_SLOT … TEMPORARY LOGICAL`): a message inserted before it is up is
+  never delivered (`lost_broadcasts`). `replication_delay` and `hold_replication` control
+  when it is up. Delivered as `broadcast` {type, event, payload, meta: {id}}
+  (socket/user_broadcast.ex) to the joined private channels of the topic.
+- A join with `config.broadcast.replication_ready: true` gets, once that connection is
+  up, `system` {extension: "system", status: "ok", message: "Replication connection
+  established"}; not up within `replication_ready_timeout` (the server's 1 minute), the
+  channel is shut down with "Replication connection was not established in time"
+  (realtime_channel.ex `handle_info(:notify_replication_ready, …)`; realtime-js
+  RealtimeChannel.ts `RealtimeChannelOptions.config.broadcast.replication_ready`).
+  `notify_replication = False` plays a server without the opt-in (no message).
 - `phx_error` from the server makes realtime-js rejoin by itself (phoenix channel.js
   `onError` → `rejoinTimer`); `reject_joins` refuses the next joins.
 
@@ -122,6 +139,7 @@ class Channel:
     join_ref: str
     bindings: list[tuple[int, dict[str, Any]]]
     claims: dict[str, Any]
+    private: bool = False
     live: bool = False
     expiry: asyncio.Task[None] | None = None
     job_ids: set[str] = field(default_factory=set)
@@ -156,6 +174,15 @@ class FakeSupabase:
         self.hold_system = threading.Event()  # set = hold "Subscribed to PostgreSQL" until release_system()
         self._release = threading.Event()
         self._release_system = threading.Event()
+        self.replication_delay = 0.05  # seconds from the first join to the replication connection being up
+        self.hold_replication = threading.Event()  # set = the replication connection is not up until release_replication()
+        self._release_replication = threading.Event()
+        self._replication: asyncio.Task[None] | None = None
+        self.replication_up = False
+        self.replication_ready_timeout = 60.0  # config.exs replication_ready_timeout
+        self.notify_replication = True
+        self.lost_broadcasts: list[tuple[str, dict[str, Any]]] = []  # (topic, payload) sent before the connection was up
+        self.broadcasts: list[tuple[str, str, dict[str, Any]]] = []  # (topic, event, payload) delivered
         self._channels: dict[str, Channel] = {}
         self._pages: dict[str, tuple[str, str]] = {}
         self._open: set[web.WebSocketResponse] = set()
@@ -235,6 +262,22 @@ class FakeSupabase:
     def release_system(self) -> None:
         self.hold_system.clear()
         self._release_system.set()
+
+    def release_replication(self) -> None:
+        self.hold_replication.clear()
+        self._release_replication.set()
+
+    def db_status(self, job_id: str, op: str = "UPDATE") -> int:
+        """What ai_jobs_status_broadcast_send_v1 sends for a change of the row (realtime.send of
+        event "status" on the private topic ai-jobs-live:<id>); the number of channels reached."""
+        if op == "DELETE":
+            payload: dict[str, Any] = {"op": "DELETE", "id": job_id}
+        else:
+            row = self.row(job_id)
+            payload = {"op": op, **{k: row.get(k) for k in (
+                "id", "status", "progress", "progress_message", "attempts", "cancel_requested_at", "wait_reason",
+                "updated_at", "finished_at")}}
+        return self._call(self._database_broadcast(f"ai-jobs-live:{job_id}", "status", payload))
 
     def channels_for(self, job_id: str) -> list[str]:
         return [topic for topic, ch in self._channels.items() if job_id in ch.job_ids]
@@ -387,7 +430,7 @@ class FakeSupabase:
             return
         bindings = payload.get("config", {}).get("postgres_changes", [])
         ids = [(7000 + len(self.joins) * 10 + i, b) for i, b in enumerate(bindings)]
-        channel = Channel(ws=ws, topic=topic, join_ref=join_ref, bindings=ids, claims=claims)
+        channel = Channel(ws=ws, topic=topic, join_ref=join_ref, bindings=ids, claims=claims, private=private)
         for _, binding in ids:
             if str(binding.get("filter", "")).startswith("id=eq."):  # a uuid: compared in either case
                 channel.job_ids.add(binding["filter"].removeprefix("id=eq.").lower())
@@ -401,6 +444,42 @@ class FakeSupabase:
         self._watch_expiry(channel)
         if ids:
             asyncio.create_task(self._confirm_subscription(channel))
+        if self._replication is None:  # the tenant's connection starts its replication at the first join
+            self._replication = asyncio.create_task(self._start_replication())
+        if (config.get("broadcast") or {}).get("replication_ready") and self.notify_replication:
+            asyncio.create_task(self._notify_replication_ready(channel))
+
+    async def _start_replication(self) -> None:
+        await asyncio.sleep(self.replication_delay)
+        while self.hold_replication.is_set() and not self._release_replication.is_set():
+            await asyncio.sleep(0.02)
+        self.replication_up = True
+
+    async def _notify_replication_ready(self, channel: Channel) -> None:
+        deadline = time.monotonic() + self.replication_ready_timeout
+        while not self.replication_up:
+            if time.monotonic() >= deadline:
+                if self._channels.get(channel.topic) is channel:
+                    await self._shutdown(channel.topic, "Replication connection was not established in time")
+                return
+            await asyncio.sleep(0.02)
+        if self._channels.get(channel.topic) is channel:
+            await self._send(channel.ws, [channel.join_ref, None, channel.topic, "system", {
+                "extension": "system", "status": "ok", "message": "Replication connection established",
+                "channel": channel.topic.removeprefix("realtime:")}])
+
+    async def _database_broadcast(self, topic: str, event: str, payload: dict[str, Any]) -> int:
+        if not self.replication_up:  # inserted before the slot existed: never streamed
+            self.lost_broadcasts.append((topic, payload))
+            return 0
+        body = {"type": "broadcast", "event": event, "payload": payload, "meta": {"id": str(uuid.uuid4())}}
+        sent = 0
+        for channel in list(self._channels.values()):
+            if channel.topic == f"realtime:{topic}" and channel.private:
+                await self._send(channel.ws, [None, None, channel.topic, "broadcast", body])
+                self.broadcasts.append((topic, event, payload))
+                sent += 1
+        return sent
 
     async def _confirm_subscription(self, channel: Channel) -> None:
         await asyncio.sleep(self.system_gap)

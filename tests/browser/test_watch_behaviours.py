@@ -424,3 +424,54 @@ def test_11_with_public_access_off_changes_are_still_pushed(page, fake, running,
     }""", [job_id, user_token(make_user())])
     assert "You do not have permissions to read from this Channel topic" in refused, refused
     no_rejections(page)
+
+
+def test_12_status_over_broadcast_is_live_only_once_replication_is_up(page, fake, running, pg_store) -> None:
+    """statusVia "broadcast": the join reply does not wait for the replication connection
+    that streams Broadcast from Database, and a status message sent before it is up is
+    never delivered. The watch asks for config.broadcast.replication_ready and keeps
+    reading until the server's "Replication connection established": a job that completes
+    meanwhile still ends completed. Once it is up, a new watch goes live at that message
+    and status messages are applied without reads."""
+    job_id, _, token = running()
+    fake.hold_replication.set()
+    open_harness(page, fake)
+    start(page, "main", job_id, token, realtime=True, statusVia="broadcast")
+    wait_for(lambda: fake.channels_for(job_id) != [], what="the join")
+    time.sleep(1.0)
+    pg_store.complete(job_id, WORKER, {"ok": True})
+    assert fake.db_status(job_id) == 0 and fake.lost_broadcasts  # before the replication connection: lost
+    wait_for(lambda: state(page)["done"] == "completed", timeout=4, what="the completed job (seen by reading)")
+    assert "realtime" not in state(page)["modes"]
+    join = fake.joins[-1]
+    assert join["topic"] == f"realtime:ai-jobs-live:{job_id}" and join["config"]["private"] is True
+    assert join["config"]["broadcast"]["replication_ready"] is True
+    assert join["config"].get("postgres_changes") in (None, [])
+
+    fake.release_replication()
+    other_id, _, other_token = running()
+    start(page, "other", other_id, other_token, realtime=True, statusVia="broadcast")
+    wait_for(lambda: live(page, "other"), what="live at the replication-ready message")
+    reads = settled_reads(fake, other_id)
+    pg_store.progress(other_id, WORKER, 65, "over Broadcast")
+    assert fake.db_status(other_id) == 1
+    wait_for(lambda: progress(page, "other") == 65, timeout=3, what="a status message")
+    time.sleep(1.0)
+    assert fake.rest_reads[other_id] == reads, "kept reading while live"
+    no_rejections(page)
+
+
+def test_13_a_server_without_the_replication_ready_message_is_live_after_live_timeout(page, fake, running) -> None:
+    """A server that never sends "Replication connection established" (no opt-in): the
+    watch reads meanwhile and treats the channel as live liveTimeout after the join."""
+    job_id, _, token = running()
+    fake.notify_replication = False
+    open_harness(page, fake)
+    start(page, "main", job_id, token, realtime=True, statusVia="broadcast", liveTimeout=2000)
+    wait_for(lambda: fake.channels_for(job_id) != [], what="the join")
+    joined = time.monotonic()
+    time.sleep(1.0)
+    assert not live(page)
+    wait_for(lambda: live(page), timeout=5, what="live after liveTimeout")
+    assert time.monotonic() - joined >= 1.5
+    no_rejections(page)

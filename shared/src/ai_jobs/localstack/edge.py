@@ -82,6 +82,14 @@ Broadcast (live Claude output, status over Broadcast)
     ``config.private: true`` is refused with "PrivateOnly: This project only allows
     private channels", before the token is checked (``realtime_channel.ex`` ``join`` →
     ``only_private?``; ``logging.ex`` ``log_error`` makes the reason ``"<code>: <msg>"``).
+  * Broadcast from Database: the server streams ``realtime.send``'s messages from a
+    replication connection it starts asynchronously (``tenants/connect.ex``) with a
+    TEMPORARY slot (``replication_connection.ex``), so a message sent before it is up is
+    lost; a join with ``config.broadcast.replication_ready: true`` gets ``system``
+    ``{extension: "system", status: "ok", message: "Replication connection established"}``
+    once it is (``realtime_channel.ex`` ``handle_info(:notify_replication_ready)``). The
+    edge's stand-in (``_database_broadcasts``, a LISTEN) is up before the edge serves, so
+    the message follows the join reply at once.
   * ``POST /realtime/v1/api/broadcast`` ``{messages: [{topic, event, payload,
     private}]}`` (``broadcast_controller.ex``, ``tenants/batch_broadcast.ex``): 202;
     422 when a message lacks topic, event or an object payload; the apikey (or
@@ -526,6 +534,10 @@ class SupabaseEdge:
         self._schedule_confirm(channel)
         if bindings:
             asyncio.create_task(self._postgres_subscribe(channel))
+        if broadcast.get("replication_ready") is True:
+            # realtime_channel.ex handle_info(:notify_replication_ready): pushed after the join
+            # reply once the replication connection is up; the edge's (its LISTEN) is up from start
+            asyncio.create_task(self._system(channel, "system", "ok", "Replication connection established"))
 
     async def _postgres_subscribe(self, channel: Channel) -> None:
         """After the join reply, as the server's ``handle_info(:postgres_subscribe)``."""
