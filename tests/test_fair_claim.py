@@ -340,6 +340,148 @@ def test_an_idle_invocation_leaves_work_held_back_by_a_limit(
     assert pg_store.get(second.id).wait_reason == "user_limit"
 
 
+class CountingDispatcher:
+    """Records the work invocations a sweep asks for."""
+
+    enabled = True
+
+    def __init__(self) -> None:
+        self.ids: list[uuid.UUID] = []
+
+    def dispatch(self, job_id: uuid.UUID | None = None, *, wait: bool = True) -> None:
+        self.ids.append(job_id)
+
+
+def _work_due(db: psycopg.Connection) -> bool:
+    return db.execute("select public.ai_jobs_work_due_v1()").fetchone()[0]
+
+
+def test_a_backlog_held_by_its_own_limit_is_neither_redispatched_nor_due_work(
+    pg_store: PostgresStore, db: psycopg.Connection, make_user
+) -> None:
+    """A user's backlog behind their concurrency limit (3 long jobs running elsewhere):
+    before, every sweep asked for 10 work invocations that each claimed nothing, and the
+    wake-up called the sweep every few seconds for as long as the backlog lasted."""
+    user, other = make_user(), make_user()
+    backlog = [_limits(pg_store, user_id=user, user_limit=3, input={"seconds": 0}) for _ in range(30)]
+    held = pg_store.claim("busy", limit=3, lease_seconds=600, job_types=["test.hold"])
+    assert {j.id for j in held} == {j.id for j in backlog[:3]}
+    db.execute("update public.ai_jobs set run_at = now() - interval '2 minutes' where status = 'pending'")
+
+    dispatcher = CountingDispatcher()
+    report = sweep(pg_store, Runner(pg_store, hold_registry()), dispatcher, stale_pending_seconds=60,
+                   budget_seconds=0)
+    assert (report.redispatched, dispatcher.ids) == (0, [])
+    assert not _work_due(db)  # the wake-up stays idle
+    assert pg_store.stale_pending(older_than_seconds=60, job_types=["test.hold"]) == []
+
+    # another user's due job is work as before, and only it is re-requested
+    free = _limits(pg_store, user_id=other, user_limit=3, input={"seconds": 0})
+    assert _work_due(db)
+    db.execute("update public.ai_jobs set run_at = now() - interval '2 minutes' where id = %s", (free.id,))
+    dispatcher = CountingDispatcher()
+    report = sweep(pg_store, Runner(pg_store, hold_registry()), dispatcher, stale_pending_seconds=60,
+                   budget_seconds=0)
+    assert (report.redispatched, dispatcher.ids) == (1, [free.id])
+    db.execute("delete from public.ai_jobs where id = %s", (free.id,))
+    assert not _work_due(db)
+
+    # a slot frees without its worker claiming next (say its budget ran out): the backlog
+    # is due work again, so the wake-up and the sweep start it
+    pg_store.complete(held[0].id, "busy", {"held": 0})
+    assert _work_due(db)
+    assert len(pg_store.stale_pending(older_than_seconds=60, limit=100, job_types=["test.hold"])) == 27
+    # ... but not for a deployment that does not serve its type
+    assert pg_store.stale_pending(older_than_seconds=60, job_types=["test.other"]) == []
+
+
+def test_due_work_follows_each_limit_as_the_claim_scopes_it(
+    pg_store: PostgresStore, db: psycopg.Connection, make_user
+) -> None:
+    """Organization and concurrency-key limits count like the claim counts them: a key is
+    shared inside an organization, else it is the user's own."""
+    alice, bob, carol = make_user(), make_user(), make_user()
+    running = _limits(pg_store, user_id=alice, org_id="org-1", concurrency_key="doc:1", key_limit=1)
+    assert [j.id for j in pg_store.claim("w", job_id=running.id, lease_seconds=600)] == [running.id]
+    same_key_same_org = _limits(pg_store, user_id=bob, org_id="org-1", concurrency_key="doc:1", key_limit=1)
+    assert not _work_due(db)
+    same_key_no_org = _limits(pg_store, user_id=carol, concurrency_key="doc:1", key_limit=1)
+    assert _work_due(db)  # another scope: claimable
+    assert [j.id for j in pg_store.claim("w", limit=5)] == [same_key_no_org.id]
+    assert not _work_due(db)
+    org_limited = _limits(pg_store, user_id=carol, org_id="org-1", org_limit=2)
+    assert _work_due(db)  # one of org-1's jobs runs, its limit is 2
+    [started] = pg_store.claim("w", limit=5)
+    assert started.id == org_limited.id and pg_store.get(same_key_same_org.id).wait_reason == "key_limit"
+    _limits(pg_store, user_id=bob, org_id="org-1", org_limit=2)
+    assert not _work_due(db)
+    # a job without limits is always work when due
+    _limits(pg_store, user_id=bob)
+    assert _work_due(db)
+
+
+def test_the_worker_whose_job_ends_claims_the_job_its_limit_held_back(
+    pg_store: PostgresStore, db: psycopg.Connection, make_user
+) -> None:
+    """The path that starts a limit-held job without any wake-up: the invocation running
+    the job that holds the slot claims the waiting job when that one ends."""
+    user = make_user()
+    first = _limits(pg_store, user_id=user, user_limit=1, input={"seconds": 1.0})
+    runner = Runner(pg_store, hold_registry())
+    outcomes: list[Any] = []
+    thread = threading.Thread(target=lambda: outcomes.extend(runner.run_available(budget_seconds=60)))
+    thread.start()
+    try:
+        wait_for(lambda: started_at(db, first.id), 5, "the first job to start")
+        second = _limits(pg_store, user_id=user, user_limit=1, input={"seconds": 0})
+        assert pg_store.claim("other", limit=5) == []  # held back by the limit ...
+        assert pg_store.get(second.id).wait_reason == "user_limit"
+        assert not _work_due(db)  # ... so no wake-up for it
+    finally:
+        thread.join(timeout=30)
+    assert [(o.job_id, o.kind) for o in outcomes] == [(first.id, "completed"), (second.id, "completed")]
+
+
+def test_the_sweep_fails_pending_jobs_of_a_type_the_deployment_does_not_register(
+    pg_store: PostgresStore, db: psycopg.Connection, make_user
+) -> None:
+    """A type removed in a deploy: its jobs were never claimed and never finished, the
+    wake-up called the sweep and the sweep re-requested work for them for ever."""
+    user = make_user()
+    gone = [pg_store.enqueue(NewJob(user_id=user, job_type="test.removed", input={"i": i})).job for i in range(12)]
+    recent = pg_store.enqueue(NewJob(user_id=user, job_type="test.removed", input={"i": 99})).job
+    served = _limits(pg_store, user_id=user, input={"seconds": 0})
+    db.execute("update public.ai_jobs set run_at = now() - interval '2 minutes' where id <> %s", (recent.id,))
+
+    dispatcher = CountingDispatcher()
+    report = sweep(pg_store, Runner(pg_store, hold_registry()), dispatcher, stale_pending_seconds=60,
+                   budget_seconds=0)
+    assert report.unregistered_failed == 12
+    assert dispatcher.ids == [served.id]  # never a work request for a type nobody serves
+    for job in gone:
+        row = pg_store.get(job.id)
+        assert row.status.value == "failed" and row.finished_at is not None and row.attempts == 0
+        assert row.error is not None and (row.error.code, row.error.retryable) == ("unknown_job_type", False)
+        assert row.error.message == ("job type test.removed is not registered in this deployment, "
+                                     "so no worker can run it")
+    # due for less than AI_JOBS_STALE_PENDING_SECONDS (a deploy still rolling out): kept
+    assert pg_store.get(recent.id).status.value == "pending"
+    assert pg_store.get(served.id).status.value == "pending"
+    # a registry without any type serves nothing and fails nothing
+    db.execute("update public.ai_jobs set run_at = now() - interval '2 minutes' where id = %s", (recent.id,))
+    assert sweep(pg_store, Runner(pg_store, JobRegistry()), None, stale_pending_seconds=60,
+                 budget_seconds=0).unregistered_failed == 0
+    assert pg_store.get(recent.id).status.value == "pending"
+    with pytest.raises(InvalidArgumentError):
+        pg_store.fail_unregistered([])
+    with pytest.raises(InvalidArgumentError, match="job_types"):
+        pg_store.call(base.FAIL_UNREGISTERED, {"p_job_types": []})
+    # the next sweep of a deployment that serves test.hold fails it too
+    assert sweep(pg_store, Runner(pg_store, hold_registry()), None, stale_pending_seconds=60,
+                 budget_seconds=0).unregistered_failed == 1
+    assert pg_store.get(recent.id).error.code == "unknown_job_type"
+
+
 # -- run_at bounds, sweep and health ----------------------------------------------------
 
 

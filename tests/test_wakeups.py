@@ -34,6 +34,7 @@ from tests.supabase_cluster import (
 
 WAKEUPS_MIGRATION = next(p for p in migration_files() if p.name.endswith("_ai_jobs_wakeups.sql"))
 SCHEDULES_MIGRATION = next(p for p in migration_files() if p.name.endswith("_schedules.sql"))
+CLAIMABLE_MIGRATION = next(p for p in migration_files() if p.name.endswith("_wake_only_claimable.sql"))
 APP_URL = "https://demo-app.example/"
 CRON_SECRET = "cron-s3cret-for-tests"
 
@@ -114,6 +115,7 @@ def test_migrations_apply_as_supabase_applies_them(cluster, pg: psycopg.Connecti
     for _ in range(2):
         pg.execute(WAKEUPS_MIGRATION.read_text())
     pg.execute(SCHEDULES_MIGRATION.read_text())  # as `supabase db push` would, every file in order
+    pg.execute(CLAIMABLE_MIGRATION.read_text())  # (which redefines ai_jobs_wake_v2 again)
     again = pg.execute("select jobid, jobname, schedule from cron.job").fetchall()
     assert again == [(jobs[0][0], "ai-jobs-wake", "* * * * *")]
     # only service_role (and the owner, who runs the job) may execute the new functions
@@ -213,6 +215,39 @@ def test_wake_v2_also_wakes_for_a_due_schedule(pg: psycopg.Connection, admin: ps
             assert status_of(pg)["problem"] is None  # v1 does not know
     finally:
         pg.execute("delete from public.ai_job_schedules")
+        pg.execute("delete from auth.users where id = %s", (user,))
+        pg.execute("delete from vault.secrets")
+        admin.execute("delete from net.http_request_queue")
+
+
+def test_wake_v2_stays_idle_for_jobs_held_back_by_their_concurrency_limit(
+    pg: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    """A backlog behind its owner's limit (3 running, user_limit 3) is not work: no sweep
+    every 5 s for as long as it lasts. Once a slot frees it is work again."""
+    user = uuid.uuid4()
+    pg.execute("insert into auth.users (id) values (%s)", (user,))
+    pg.execute("select vault.create_secret(%s, 'ai_jobs_app_url'), vault.create_secret(%s, 'ai_jobs_cron_secret')",
+               (APP_URL, CRON_SECRET))
+    try:
+        admin.execute("delete from net.http_request_queue")
+        pg.execute("insert into public.ai_jobs (user_id, job_type, status, locked_by, lease_expires_at, started_at, "
+                   "attempts, user_limit) select %s, 'a.held', 'running', 'w1', now() + interval '10 minutes', now(), 1, 3 "
+                   "from generate_series(1, 3)", (user,))
+        pg.execute("insert into public.ai_jobs (user_id, job_type, run_at, user_limit) "
+                   "select %s, 'a.held', now() - interval '2 minutes', 3 from generate_series(1, 50)", (user,))
+        with pg.transaction(force_rollback=True):
+            pg.execute("set local role service_role")
+            assert pg.execute("select public.ai_jobs_wake_v2()").fetchone()[0] == "idle"
+        assert requests_sent(admin) == []
+        with pg.transaction(force_rollback=True):
+            pg.execute("update public.ai_jobs set status = 'completed', result = '{}', locked_by = null, "
+                       "lease_expires_at = null, finished_at = now() "
+                       "where id = (select id from public.ai_jobs where status = 'running' limit 1)")
+            assert pg.execute("select public.ai_jobs_wake_v2()").fetchone()[0] == "woken"
+            assert len(requests_sent(pg)) == 1
+    finally:
+        pg.execute("delete from public.ai_jobs")
         pg.execute("delete from auth.users where id = %s", (user,))
         pg.execute("delete from vault.secrets")
         admin.execute("delete from net.http_request_queue")

@@ -1,7 +1,8 @@
 """The periodic sweep (Vercel Cron, pg_cron, or `ai-jobs dev`'s timer):
-evaluate alerts, recover crashed jobs, re-request missed hand-offs, purge old
-jobs, and use the rest of the invocation to run due jobs itself, so the queue
-drains even when no hand-off gets through."""
+evaluate alerts, recover crashed jobs, fail jobs of types this deployment does not
+register, re-request missed hand-offs, purge old jobs, and use the rest of the
+invocation to run due jobs itself, so the queue drains even when no hand-off gets
+through."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from ai_jobs.settings import Settings
 
 MAX_DISPATCH_PER_SWEEP = 10
+MAX_UNREGISTERED_FAILED_PER_SWEEP = 500
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ class SweepReport(BaseModel):
     alerts_resolved: int = Field(description="alert incidents this sweep resolved")
     alerts_notified: int = Field(description="openings and resolutions posted to AI_JOBS_ALERT_WEBHOOK_URL (2xx)")
     schedules_fired: int = Field(default=0, description="schedule ticks this sweep fired (see README: Schedules)")
+    unregistered_failed: int = Field(
+        default=0, description="pending jobs of a type this deployment does not register, failed (unknown_job_type)")
 
 
 def _unreachable(exc: BaseException) -> bool:
@@ -68,9 +72,23 @@ def sweep(
         log.exception("alert evaluation failed; the sweep goes on")
         alert_report = AlertReport()
     reaped = store.reap_expired(limit=500)
+    # Jobs no worker of this deployment can run: failed once they have been due as long
+    # as a stale hand-off, instead of counting as due work for ever. A registry with no
+    # types at all serves nothing, and fails nothing.
+    job_types = runner.registry.types()
+    unregistered = (
+        store.fail_unregistered(job_types, older_than_seconds=stale_pending_seconds,
+                                limit=MAX_UNREGISTERED_FAILED_PER_SWEEP)
+        if job_types else []
+    )
+    for job in unregistered:
+        log.warning("job %s: failed, its type %s is not registered in this deployment", job.id, job.job_type)
     redispatched = 0
     if dispatcher is not None and dispatcher.enabled:
-        for job in store.stale_pending(older_than_seconds=stale_pending_seconds, limit=MAX_DISPATCH_PER_SWEEP):
+        # only jobs a claim could take now: a job whose concurrency limit is full starts
+        # when a slot frees (the worker whose job ends claims next)
+        for job in store.stale_pending(older_than_seconds=stale_pending_seconds, limit=MAX_DISPATCH_PER_SWEEP,
+                                       job_types=job_types):
             dispatcher.dispatch(job.id, wait=False)
             redispatched += 1
     purged = store.purge()
@@ -95,6 +113,7 @@ def sweep(
         redispatched=redispatched,
         purged=purged,
         ran=dict(Counter(o.kind for o in outcomes)),
+        unregistered_failed=len(unregistered),
         alerts_opened=alert_report.opened,
         alerts_resolved=alert_report.resolved,
         alerts_notified=alert_report.notified,

@@ -85,7 +85,11 @@ LIST = SqlFunction("ai_jobs_list_v1")
 MAX_LIST_LIMIT = 200  # the longest page ai_jobs_list_v1 returns (it refuses more)
 REAP = SqlFunction("ai_jobs_reap_v1")
 PURGE = SqlFunction("ai_jobs_purge_v1", returns_set=False)
-STALE_PENDING = SqlFunction("ai_jobs_stale_pending_v1")
+# v2: only the caller's job types, and only jobs whose concurrency limits are not full
+# (a claim could take them now).
+STALE_PENDING = SqlFunction("ai_jobs_stale_pending_v2")
+# pending jobs of a type the deployment does not register, due for a while: failed (unknown_job_type)
+FAIL_UNREGISTERED = SqlFunction("ai_jobs_fail_unregistered_v1")
 QUEUE_DEPTH = SqlFunction("ai_jobs_queue_depth_v1")
 STATS_24H = SqlFunction("ai_jobs_stats_24h_v1")
 # v2: names ai_jobs_schedule_wake_v2 in its fixes; a wake job still on ai_jobs_wake_v1 is a problem.
@@ -552,10 +556,27 @@ class JobStore(ABC):
         """Running jobs past their lease -> pending (or failed when attempts are spent)."""
         return self._readable_jobs(self.call(REAP, {"p_limit": limit}))
 
-    def stale_pending(self, *, older_than_seconds: int = 60, limit: int = 100) -> list[Job]:
-        """Due jobs left pending longer than `older_than_seconds` (missed hand-offs)."""
+    def stale_pending(
+        self, *, older_than_seconds: int = 60, limit: int = 100, job_types: Sequence[str] | None = None
+    ) -> list[Job]:
+        """Due jobs left pending longer than `older_than_seconds` (missed hand-offs) that a
+        claim could take now: of `job_types` (None: any type), concurrency limits not full."""
         return self._readable_jobs(
-            self.call(STALE_PENDING, {"p_older_than_seconds": older_than_seconds, "p_limit": limit})
+            self.call(STALE_PENDING, {"p_older_than_seconds": older_than_seconds, "p_limit": limit,
+                                      "p_job_types": list(job_types) if job_types is not None else None})
+        )
+
+    def fail_unregistered(
+        self, job_types: Sequence[str], *, older_than_seconds: int = 60, limit: int = 100
+    ) -> list[Job]:
+        """Fail pending jobs due for longer than `older_than_seconds` whose type is not in
+        `job_types` (the deployment's types, at least one): error `unknown_job_type`, not
+        retried (cancelled instead when a cancel was requested). Returns those jobs."""
+        if not job_types:
+            raise InvalidArgumentError("job_types must list at least one registered job type")
+        return self._readable_jobs(
+            self.call(FAIL_UNREGISTERED, {"p_job_types": list(job_types),
+                                          "p_older_than_seconds": older_than_seconds, "p_limit": limit})
         )
 
     def next_due_in(self, *, job_types: Sequence[str] | None = None) -> float | None:
