@@ -82,14 +82,20 @@ def alert_rows(db: psycopg.Connection) -> list[dict[str, Any]]:
 # -- a webhook receiver on loopback ------------------------------------------------------
 
 
+TRICKLED_RESPONSE = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 30 + b"\r\ncontent-length: 0\r\n\r\n"
+
+
 class Receiver:
-    """Records every POST; answers `status` after `delay` seconds."""
+    """Records every POST; answers `status` after `delay` seconds, or with `trickle`
+    sends its response a byte every 0.5 s (each read returns well within any per-read
+    timeout) until the client hangs up."""
 
     def __init__(self) -> None:
         self.posts: list[dict[str, Any]] = []
         self.content_types: list[str] = []
         self.status = 200
         self.delay = 0.0
+        self.trickle = False
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -98,6 +104,16 @@ class Receiver:
                 receiver.posts.append(json.loads(body))
                 receiver.content_types.append(self.headers.get("content-type", ""))
                 time.sleep(receiver.delay)
+                if receiver.trickle:
+                    try:
+                        for byte in TRICKLED_RESPONSE:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(0.5)
+                    except OSError:
+                        pass  # the client hung up
+                    self.close_connection = True
+                    return
                 try:
                     self.send_response(receiver.status)
                     self.send_header("content-type", "text/plain")
@@ -270,7 +286,7 @@ def _refused_url() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}/hook"
 
 
-@pytest.mark.parametrize("failure", ["http_500", "refused", "slow"])
+@pytest.mark.parametrize("failure", ["http_500", "refused", "slow", "trickle"])
 def test_failing_webhook_does_not_fail_the_sweep_and_is_retried(failure: str, clean, make_user, pg_store,
                                                                  receiver) -> None:
     user = make_user()
@@ -279,24 +295,161 @@ def test_failing_webhook_does_not_fail_the_sweep_and_is_retried(failure: str, cl
     url = _refused_url() if failure == "refused" else receiver.url
     receiver.status = 500 if failure == "http_500" else 200
     receiver.delay = 4.0 if failure == "slow" else 0.0
+    receiver.trickle = failure == "trickle"  # a 200, one byte every 0.5 s: ~38 s in all
 
     started = time.monotonic()
     first = run_sweep(pg_store, settings_for(url))
     elapsed = time.monotonic() - started
     assert (first.alerts_opened, first.alerts_notified) == (2, 0)
-    assert elapsed < 3.0 + 2.0, elapsed  # one attempt at most, bounded by the 3 s timeout
+    assert elapsed < 3.0 + 2.0, elapsed  # one attempt at most, bounded by the 3 s timeout in all
     attempts = len(receiver.posts)
     assert attempts == (0 if failure == "refused" else 1)
     assert all(r["notified_at"] is None and r["notify_claimed_until"] is None for r in alert_rows(clean))
 
     # the receiver is back: the next sweep delivers both, once
-    receiver.status, receiver.delay = 200, 0.0
+    receiver.status, receiver.delay, receiver.trickle = 200, 0.0, False
     second = run_sweep(pg_store, settings_for(receiver.url))
     assert (second.alerts_opened, second.alerts_notified) == (0, 2)
     assert sorted(e[1] for e in receiver.events()[attempts:]) == ["queue_depth", "stuck_jobs"]
     assert all(r["notified_at"] is not None for r in alert_rows(clean))
     third = run_sweep(pg_store, settings_for(receiver.url))
     assert third.alerts_notified == 0 and len(receiver.posts) == attempts + 2
+
+
+# A receiver in another process, so every socket of this process that talks to it is
+# the client's: "trickle" sends its 200 a byte every 0.5 s; "answer_after" answers each
+# POST in full after the given seconds.
+RECEIVER_SCRIPT = r"""
+import socket, sys, threading, time
+mode, seconds = sys.argv[1], float(sys.argv[2])
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+def handle(conn):
+    try:
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += conn.recv(65536)
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int([l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")][0])
+        while len(body) < length:
+            body += conn.recv(65536)
+        response = b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 30 + b"\r\ncontent-length: 0\r\n\r\n"
+        if mode == "trickle":
+            for byte in response:
+                conn.sendall(bytes([byte]))
+                time.sleep(seconds)
+        else:
+            time.sleep(seconds)
+            conn.sendall(response)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+while True:
+    conn, _ = listener.accept()
+    threading.Thread(target=handle, args=(conn,), daemon=True).start()
+"""
+
+
+@pytest.fixture()
+def remote_receiver() -> Iterator[Callable[[str, float], str]]:
+    processes: list[subprocess.Popen[str]] = []
+
+    def start(mode: str, seconds: float) -> str:
+        process = subprocess.Popen([sys.executable, "-c", RECEIVER_SCRIPT, mode, str(seconds)],
+                                   stdout=subprocess.PIPE, text=True)
+        processes.append(process)
+        assert process.stdout is not None
+        return f"http://127.0.0.1:{int(process.stdout.readline())}/hooks/T000/B000/secret"
+
+    yield start
+    for process in processes:
+        process.kill()
+        process.wait()
+
+
+def _sockets_to(port: int) -> int:
+    """This process's TCP sockets connected to `port` on loopback (any state)."""
+    ours = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            ours.add(target[8:-1])
+    count = 0
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            if fields[9] in ours and int(fields[2].split(":")[1], 16) == port:
+                count += 1
+    return count
+
+
+class MarkingStore:
+    """What deliver() needs of a store: it records each delivery mark."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[uuid.UUID, bool]] = []
+
+    def mark_alert_notified(self, alert_id: uuid.UUID, event: str, *, delivered: bool) -> bool:
+        self.marks.append((alert_id, delivered))
+        return True
+
+
+def _notices(n: int) -> list[Any]:
+    from datetime import UTC, datetime
+
+    from ai_jobs.alerts import AlertNotice
+
+    now = datetime.now(UTC)
+    return [AlertNotice(id=uuid.uuid4(), job_type=JT, kind="queue_depth", opened_at=now, last_seen_at=now,
+                        value=60, threshold=50, event="opened", fresh=True) for _ in range(n)]
+
+
+def _webhook_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "ai-jobs-alert-webhook"]
+
+
+def test_a_trickling_webhook_is_cut_off_after_3_seconds_with_nothing_left_behind(remote_receiver) -> None:
+    """A receiver that sends its response a byte every 0.5 s: each read returns within a
+    per-read timeout, so before, one POST took as long as the receiver liked (174 s in
+    the audit, with a byte every 2 s)."""
+    from ai_jobs.alerts import deliver
+
+    url = remote_receiver("trickle", 0.5)
+    port = int(url.split(":")[2].split("/")[0])
+    store, notices = MarkingStore(), _notices(2)
+    started = time.monotonic()
+    assert deliver(store, notices, url) == 0
+    elapsed = time.monotonic() - started
+    assert 2.9 < elapsed < 3.5, elapsed
+    # both go back for the next sweep: the one that failed, and the one never tried
+    assert store.marks == [(notices[0].id, False), (notices[1].id, False)]
+    # the connection and the POST's thread ended with it
+    assert _sockets_to(port) == 0
+    deadline = time.monotonic() + 1.0
+    while _webhook_threads() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _webhook_threads() == []
+
+
+def test_a_round_of_webhook_posts_ends_after_10_seconds(remote_receiver) -> None:
+    """Each POST answered after 2.9 s (under the 3 s limit): three fit in the 10 s
+    round; before, a fourth started at 8.7 s ran to 11.6 s. The fourth is cut off at
+    10 s and retried, with the rest, at the next sweep."""
+    from ai_jobs.alerts import deliver
+
+    url = remote_receiver("answer_after", 2.9)
+    port = int(url.split(":")[2].split("/")[0])
+    store, notices = MarkingStore(), _notices(6)
+    started = time.monotonic()
+    assert deliver(store, notices, url) == 3
+    elapsed = time.monotonic() - started
+    assert 9.9 < elapsed < 10.5, elapsed
+    assert store.marks == [(n.id, i < 3) for i, n in enumerate(notices)]
+    assert _sockets_to(port) == 0
 
 
 def test_without_a_webhook_incidents_are_kept_unnotified(clean, make_user, pg_store) -> None:
