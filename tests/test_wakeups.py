@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -251,6 +252,40 @@ def test_wake_v2_stays_idle_for_jobs_held_back_by_their_concurrency_limit(
         pg.execute("delete from auth.users where id = %s", (user,))
         pg.execute("delete from vault.secrets")
         admin.execute("delete from net.http_request_queue")
+
+
+def test_every_wake_up_run_writes_the_parent_counts_the_throttle_held_back(
+    pg: psycopg.Connection, admin: psycopg.Connection
+) -> None:
+    """Two of three children finish within 0.5 s: the trigger's throttle holds the second
+    recount back, and the next wake-up run writes it (no HTTP call: nothing is due)."""
+    user = uuid.uuid4()
+    pg.execute("insert into auth.users (id) values (%s)", (user,))
+    try:
+        admin.execute("delete from net.http_request_queue")
+        parent = pg.execute(
+            "insert into public.ai_jobs (user_id, job_type, run_at, wait_reason, waiting, children) "
+            "values (%s, 'a.parent', now() + interval '1 hour', 'waiting_for_children', '{}', "
+            "jsonb_build_object('total', 3, 'done', 0, 'failed', 0, 'active', 3, 'at', now() - interval '1 second')) "
+            "returning id", (user,)).fetchone()[0]
+        kids = [r[0] for r in pg.execute(
+            "insert into public.ai_jobs (user_id, job_type, parent_id, status, attempts, locked_by, lease_expires_at, "
+            "started_at) select %s, 'a.child', %s, 'running', 1, 'w', now() + interval '10 minutes', now() "
+            "from generate_series(1, 3) returning id", (user, parent)).fetchall()]
+        for kid in kids[:2]:
+            pg.execute("update public.ai_jobs set status = 'completed', result = '{}', locked_by = null, "
+                       "lease_expires_at = null, finished_at = now() where id = %s", (kid,))
+        done = "select children ->> 'done', progress_message from public.ai_jobs where id = %s"
+        assert pg.execute(done, (parent,)).fetchone() == ("1", "1 of 3 children done")
+        time.sleep(0.55)
+        with pg.transaction():
+            pg.execute("set local role service_role")
+            assert pg.execute("select public.ai_jobs_wake_v2()").fetchone()[0] == "idle"
+        assert pg.execute(done, (parent,)).fetchone() == ("2", "2 of 3 children done")
+        assert requests_sent(admin) == []
+    finally:
+        pg.execute("delete from public.ai_jobs")
+        pg.execute("delete from auth.users where id = %s", (user,))
 
 
 def test_real_pg_cron_wakes_the_app_only_when_work_is_due(cluster, pg: psycopg.Connection,

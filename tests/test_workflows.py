@@ -452,6 +452,66 @@ def test_parent_progress_aggregates_children(pg_store: PostgresStore, db, make_u
     assert row.children == {**row.children, "total": 40, "done": 40, "active": 0, "failed": 0}
 
 
+def _counts_after_two_quick_finishes(pg_store: PostgresStore, db, registry, user: uuid.UUID) -> tuple[uuid.UUID, list]:
+    """A waiting parent of 3 children, all running; two finish within 0.5 s of each other
+    (the first write is more than 0.5 s after the spawn's), the third runs on."""
+    parent = create(pg_store, registry, user, "test.wf_parent", {"children": 3})
+    run_all(pg_store, registry, max_jobs=1)
+    kids = [k["id"] for k in children_of(db, parent)]
+    assert len(pg_store.claim("w", limit=3, job_types=["test.wf_leaf"], lease_seconds=600)) == 3
+    time.sleep(0.55)
+    pg_store.complete(kids[0], "w", {"n": 0})
+    pg_store.complete(kids[1], "w", {"n": 1})
+    return parent, kids
+
+
+def _owed(db, parent: uuid.UUID) -> list[tuple]:
+    return db.execute("select due_at - now() from public.ai_jobs_parent_recounts where parent_id = %s",
+                      (parent,)).fetchall()
+
+
+def test_counts_the_throttle_held_back_are_written_by_the_next_sweep(pg_store: PostgresStore, db, make_user,
+                                                                     registry) -> None:
+    """Before, the second finish's recount was dropped: the parent said done 1 (33 %)
+    until the third child finished, an hour later perhaps."""
+    from ai_jobs.sweep import sweep
+
+    parent, kids = _counts_after_two_quick_finishes(pg_store, db, registry, make_user())
+    row = pg_store.get(parent)
+    assert row.children["done"] == 1 and row.progress_message == "1 of 3 children done"  # the throttle
+    time.sleep(0.55)
+    sweep(pg_store, Runner(pg_store, registry), None, stale_pending_seconds=60, budget_seconds=0)
+    row = pg_store.get(parent)
+    assert row.children == {**row.children, "total": 3, "done": 2, "failed": 0, "active": 1}
+    assert (row.progress, row.progress_message, row.status) == (66, "2 of 3 children done", JobStatus.PENDING)
+    assert _owed(db, parent) == []
+    # the last child still wakes the parent, which completes
+    pg_store.complete(kids[2], "w", {"n": 2})
+    assert pg_store.get(parent).children["done"] == 3
+    run_all(pg_store, registry)
+    assert pg_store.get(parent).status is JobStatus.COMPLETED
+
+
+def test_a_later_write_pays_the_owed_count_and_nothing_is_owed_when_nothing_changed(
+    pg_store: PostgresStore, db, make_user, registry
+) -> None:
+    parent, kids = _counts_after_two_quick_finishes(pg_store, db, registry, make_user())
+    [(due_in,)] = _owed(db, parent)  # owed, due when the throttle allows the next write
+    assert due_in.total_seconds() <= 0.5
+    assert pg_store.recount_parents() == 0  # not before then: still at most one write per 0.5 s
+    # any later write of the parent's counts (a child finishing 0.5 s after the last
+    # write, the last child, a spawn or a wait) takes the owed recount with it
+    db.execute("select public.ai_jobs_refresh_parent(%s, true)", (parent,))
+    assert _owed(db, parent) == [] and pg_store.get(parent).children["done"] == 2
+    db.execute("select public.ai_jobs_refresh_parent(%s)", (parent,))  # within 0.5 s, nothing changed
+    assert _owed(db, parent) == []
+    # a parent deleted meanwhile: its owed row is dropped
+    db.execute("insert into public.ai_jobs_parent_recounts (parent_id, due_at) values (%s, now())", (uuid.uuid4(),))
+    assert pg_store.recount_parents() == 0
+    assert db.execute("select count(*) from public.ai_jobs_parent_recounts").fetchone()[0] == 0
+    pg_store.complete(kids[2], "w", {"n": 2})
+
+
 def test_rls_owner_sees_own_parent_and_children_only(pg_store: PostgresStore, database_url: str, db, make_user,
                                                      registry) -> None:
     from tests.rls import act_as

@@ -97,6 +97,9 @@ def sweep(
     woken = store.resolve_waiting()
     if woken:
         log.info("woke %d parent jobs with nothing left to wait for", woken)
+    # Parents' children counts the trigger's 0.5 s throttle held back (the wake-up
+    # writes them too, on every run).
+    store.recount_parents(limit=500)
     fired = 0
     if settings is not None:
         from ai_jobs.schedules import run_schedules

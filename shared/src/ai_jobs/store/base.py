@@ -117,6 +117,8 @@ FIRE_SCHEDULE = SqlFunction("ai_jobs_fire_schedule_v1", returns_set=False)
 SPAWN = SqlFunction("ai_jobs_spawn_v1", returns_set=False)
 WAIT_CHILDREN = SqlFunction("ai_jobs_wait_children_v1", returns_set=False)
 RESOLVE_WAITING = SqlFunction("ai_jobs_resolve_waiting_v1", returns_set=False)
+# parents' children counts that the 0.5 s throttle held back, written once due
+RECOUNT_PARENTS = SqlFunction("ai_jobs_recount_parents_v1", returns_set=False)
 CHILDREN = SqlFunction("ai_jobs_children_v1")
 PAUSE = SqlFunction("ai_jobs_pause_v1")
 RESUME = SqlFunction("ai_jobs_resume_v1")
@@ -685,6 +687,11 @@ class JobStore(ABC):
     def resolve_waiting(self, *, limit: int = 100) -> int:
         """Wake waiting parents that have nothing left to wait for; returns how many."""
         return int(self.call(RESOLVE_WAITING, {"p_limit": limit}) or 0)
+
+    def recount_parents(self, *, limit: int = 100) -> int:
+        """Write the `children` counts (and a waiting parent's progress) that the 0.5 s
+        throttle held back, for parents whose next write is due; returns how many."""
+        return int(self.call(RECOUNT_PARENTS, {"p_limit": limit}) or 0)
 
     def children(
         self, job_id: UUID, *, user_id: UUID | None = None, limit: int = 20, cursor: str | None = None
