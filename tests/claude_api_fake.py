@@ -40,7 +40,9 @@ with another stop_reason (`max_tokens`, `refusal`). A cancel lets `done_before_c
 requests finish (billed) and cancels the rest. `retrieve_errors` makes the next
 retrieves of a batch fail with the given (status, error type), as the API's 5xx and
 529 `overloaded_error` bodies do (`types/shared/error_response.py`). Every billed
-request is appended to `billed` (model, usage, batch).
+request is appended to `billed` (model, usage, batch). `reply_models` maps a requested
+id to the one the reply names (`Message.model` is the model that ran, e.g. a dated
+snapshot of a requested alias).
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ class ClaudeApiFake(ThreadingHTTPServer):
         self.polls_until_ended = polls_until_ended
         self.outcomes = dict(outcomes or {})
         self.stop_reasons: dict[str, str] = {}
+        self.reply_models: dict[str, str] = {}
         self.retrieve_errors: list[tuple[int, str]] = []
         self.done_before_cancel = done_before_cancel
         self.min_cacheable = {**MIN_CACHEABLE, **(min_cacheable or {})}
@@ -244,7 +247,8 @@ class ClaudeApiFake(ThreadingHTTPServer):
         with self._lock:
             self.billed.append(Billed(model, usage, batch))
         message = {
-            "id": f"msg_fake_{len(self.billed)}", "type": "message", "role": "assistant", "model": model,
+            "id": f"msg_fake_{len(self.billed)}", "type": "message", "role": "assistant",
+            "model": self.reply_models.get(model, model),
             "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
             "usage": usage,
         }

@@ -412,6 +412,136 @@ def test_a_message_batch_over_the_cap_is_not_submitted(pg_store, make_user, clau
         assert fake.created == [] and "claude-batch" not in job.checkpoints
 
 
+SNAPSHOT = "claude-sonnet-5-5-20261120"  # a dated id the price table does not list
+
+
+def test_a_reply_naming_an_unlisted_snapshot_is_priced_as_the_requested_model(
+        pg_store, make_user, claude_env, monkeypatch, db, database_url) -> None:
+    """The reply's `model` is the model that ran, which may be a dated snapshot of the
+    requested alias. Each attempt is billed 1,000 in / 8,000 out and then cut by an
+    overloaded error: priced, the cap stops the job after its first two attempts and
+    the owner's retries send nothing more; unpriced (the bug), every retry was a new
+    unbounded call."""
+    reply = sse_events("hello world text here", model=SNAPSHOT,
+                       error_after_chunks={"type": "overloaded_error", "message": "Overloaded"},
+                       start_usage={"input_tokens": 1000, "output_tokens": 8000})
+    server = FakeAnthropicServer([reply] * 20).start()
+    api = Api(database_url, AI_JOBS_USER_DAILY_BUDGET_USD="1")
+    try:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        registry, user = load_job_modules(), make_user()
+        created = api.create(user, "ai.generate", {"prompt": "Say hello", "max_tokens": 8000})
+        assert created.status_code == 202, created.json
+        job_id, cap = uuid.UUID(created.json["id"]), created.json["cost_cap_usd"]
+        for _ in range(3):  # the owner retries the failed job
+            for _ in range(4):
+                db.execute("update public.ai_jobs set run_at = now() where id = %s and status = 'pending'", (job_id,))
+                Runner(pg_store, registry).run_available()
+            job = pg_store.get(job_id)
+            assert job.status is JobStatus.FAILED and job.error.code == "budget_exceeded"
+            assert api.retry(user, job_id).status_code == 202
+        job = pg_store.get(job_id)
+    finally:
+        server.stop()
+        api.close()
+    one_call = usage_record(SONNET, {"input_tokens": 1000, "output_tokens": 8000})["cost_usd"]
+    assert len(server.requests) == 2 and job.usage["requests"] == 2
+    assert job.usage["cost_usd"] == pytest.approx(2 * one_call) and "unpriced_requests" not in job.usage
+    assert job.usage["model"] == SNAPSHOT and job.usage["priced_as"] == SONNET
+    assert job.usage["cost_usd"] <= cap + one_call  # the cap held, give or take the call that crossed it
+    ledger = db.execute("select sum(cost_usd) from public.ai_jobs_spend where user_id = %s", (user,)).fetchone()[0]
+    assert float(ledger) == pytest.approx(2 * one_call)
+
+
+def test_a_call_billed_at_an_unpriced_tier_stops_a_capped_job(pg_store, make_user, claude_env, monkeypatch,
+                                                               db) -> None:
+    """A priced model whose reply is billed in a way the table cannot price (here
+    Priority Tier): the call records cost_usd null, so the job's cap no longer bounds
+    it; the next attempt is refused instead of calling again."""
+    reply = sse_events("hello", error_after_chunks={"type": "overloaded_error", "message": "Overloaded"},
+                       start_usage={"service_tier": "priority"})
+    server = FakeAnthropicServer([reply] * 5).start()
+    try:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        registry = load_job_modules()
+        created = submit_job(pg_store, make_user(), "ai.generate", {"prompt": "Say hello"},
+                             settings=Settings(store="postgres", database_url="unused"), registry=registry)
+        for _ in range(4):  # the retryable failure's backoff, made due each time
+            db.execute("update public.ai_jobs set run_at = now() where id = %s and status = 'pending'",
+                       (created.job.id,))
+            Runner(pg_store, registry).run_available()
+        job = pg_store.get(created.job.id)
+    finally:
+        server.stop()
+    assert len(server.requests) == 1
+    assert job.usage["unpriced_requests"] == 1 and "cost_usd" not in job.usage
+    assert job.status is JobStatus.FAILED and job.error.code == "budget_exceeded" and not job.error.retryable
+    assert "could not be priced" in job.error.message
+
+
+def test_message_batch_replies_naming_a_snapshot_are_priced_as_requested(
+        pg_store, make_user, claude_env, monkeypatch, db) -> None:
+    with ClaudeApiFake() as fake:
+        fake.reply_models[SONNET] = SNAPSHOT
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        registry = load_job_modules()
+        created = submit_job(pg_store, make_user(), "ai.map_batches",
+                             {"document": "The policy.", "items": ["a", "b", "c"], "batch_size": 1,
+                              "use_batch_api": True},
+                             settings=Settings(store="postgres", database_url="unused"), registry=registry)
+        for _ in range(6):  # submit, then polls until the batch has ended (each a deferral)
+            db.execute("update public.ai_jobs set run_at = now() where id = %s and status = 'pending'",
+                       (created.job.id,))
+            Runner(pg_store, registry).run_available()
+        job = pg_store.get(created.job.id)
+        billed = sum(usage_record(SONNET, b.usage)["cost_usd"] for b in fake.billed)
+    assert job.status is JobStatus.COMPLETED, job.error
+    assert len(fake.billed) == 3 and all(b.batch for b in fake.billed)
+    assert job.usage["priced_as"] == SONNET and job.usage["model"] == SNAPSHOT
+    assert job.usage["cost_usd"] == pytest.approx(billed) and "unpriced_requests" not in job.usage
+
+
+@pytest.mark.parametrize("env", [
+    {"AI_JOBS_PRICES": json.dumps({SONNET: {"input": 2, "output": 10}})},
+    {"AI_JOBS_MODEL": "claude-fable-5-2"},  # built in without its cache prices
+])
+def test_cached_work_on_a_model_without_cache_prices_is_refused(api_factory, make_user, monkeypatch, env) -> None:
+    """Several batches write the document to the prompt cache; with no cache price the
+    calls would record cost_usd null and escape the cap and the budget."""
+    monkeypatch.delenv("AI_JOBS_PROMPT_CACHE", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    user = make_user()
+    several = {"document": "The policy.", "items": ["a", "b", "c"], "batch_size": 1}
+    body = _problem(api_factory(**env).create(user, "ai.map_batches", several), 422, "model_not_priced")
+    assert body["unknown_prices"] == ["cache_write_5m", "cache_write_1h", "cache_read"]
+    assert "AI_JOBS_PROMPT_CACHE=off" in body["detail"]
+    one_call = {**several, "batch_size": 3}  # nothing repeats, nothing is cached
+    assert api_factory(**env).create(user, "ai.map_batches", one_call).status_code == 202
+    monkeypatch.setenv("AI_JOBS_PROMPT_CACHE", "off")
+    assert api_factory(**env, AI_JOBS_PROMPT_CACHE="off").create(user, "ai.map_batches", several).status_code == 202
+
+
+def test_an_extract_schema_is_measured_as_create_measured_it(pg_store, make_user, claude_env, monkeypatch,
+                                                              database_url) -> None:
+    """Non-ASCII text in the schema: create counts it as UTF-8; the in-job guard counted
+    it ASCII-escaped (12 bytes per emoji instead of 4) and refused the job's one call."""
+    server = FakeAnthropicServer([sse_events('{"a": "x"}')]).start()
+    api = Api(database_url)
+    try:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        schema = {"type": "object", "properties": {"a": {"type": "string", "description": "\U0001F600" * 5000}}}
+        created = api.create(make_user(), "ai.extract", {"text": "a: x", "schema": schema, "max_tokens": 64})
+        assert created.status_code == 202, created.json
+        Runner(pg_store, load_job_modules()).run_available()
+        job = pg_store.get(uuid.UUID(created.json["id"]))
+    finally:
+        server.stop()
+        api.close()
+    assert job.status is JobStatus.COMPLETED, job.error
+    assert job.result["data"] == {"a": "x"} and len(server.requests) == 1
+
+
 def test_spend_settings_fail_at_start_up() -> None:
     for env in ({"AI_JOBS_MAX_TOKENS": "{not json"}, {"AI_JOBS_MAX_TOKENS": '{"ai.generate": 0}'},
                 {"AI_JOBS_MAX_JOB_COST_USD": "-1"}, {"AI_JOBS_USER_DAILY_BUDGET_USD": "lots"},

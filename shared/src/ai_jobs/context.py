@@ -82,6 +82,11 @@ def _cost(usage: Mapping[str, Any]) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
+def _unpriced(usage: Mapping[str, Any]) -> int:
+    value = usage.get("unpriced_requests")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
 class JobContext:
     def __init__(
         self,
@@ -110,6 +115,7 @@ class JobContext:
         # Claude cost recorded on the job (all attempts) plus what this invocation added:
         # the spend guard compares it with the job's cap before each call.
         self._spent_usd = _cost(job.usage)
+        self._unpriced_calls = _unpriced(job.usage)
         self._cancel_requested = job.cancel_requested_at is not None
         self._pause_requested = job.pause_requested_at is not None
         self._sleeps = 0  # ctx.sleep calls so far in this run of the handler (durable step names)
@@ -189,11 +195,17 @@ class JobContext:
         with self._lock:
             add_usage(self._usage, usage)
             self._spent_usd += _cost(usage)
+            self._unpriced_calls += _unpriced(usage)
 
     @property
     def spent_usd(self) -> float:
         """Claude cost recorded for this job so far, this invocation included."""
         return self._spent_usd
+
+    @property
+    def unpriced_calls(self) -> int:
+        """Claude calls of this job (all attempts) whose cost could not be priced."""
+        return self._unpriced_calls
 
     def take_usage(self) -> dict[str, Any]:
         with self._lock:

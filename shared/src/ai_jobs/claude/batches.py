@@ -77,6 +77,9 @@ class SubmittedBatch(BaseModel):
     id: str = Field(max_length=200)
     custom_ids: list[str]
     submitted_at: datetime
+    # The model the requests named: replies naming an unlisted snapshot are priced as it.
+    # None in a checkpoint written before it was recorded.
+    model: str | None = Field(default=None, max_length=200)
 
 
 def _client() -> Any:
@@ -101,7 +104,8 @@ def submit(requests: list[dict[str, Any]]) -> SubmittedBatch:
     except anthropic.AnthropicError as exc:
         raise _classified(exc) from exc
     return SubmittedBatch(
-        id=batch.id, custom_ids=[r["custom_id"] for r in requests], submitted_at=batch.created_at
+        id=batch.id, custom_ids=[r["custom_id"] for r in requests], submitted_at=batch.created_at,
+        model=requests[0]["params"]["model"] if requests else None,
     )
 
 

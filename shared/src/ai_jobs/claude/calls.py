@@ -174,7 +174,8 @@ _END = object()
 class _Tally:
     """What one call was billed for, from the events the job thread has seen."""
 
-    model: str
+    model: str  # the requested id; the reply's own id once message_start names it
+    requested: str = ""
     reached_api: bool = False
     usage: dict[str, Any] | None = None
     output_final: bool = False  # a message_delta gave the cumulative output count
@@ -225,7 +226,7 @@ class _Tally:
         if estimated:
             estimate = max(int(usage.get("output_tokens") or 0), math.ceil(self.chars / CHARS_PER_TOKEN))
             usage["output_tokens"] = estimate
-        record = usage_record(self.model, usage)
+        record = usage_record(self.model, usage, requested=self.requested or None)
         if estimated:
             record["estimated"] = True
             record["output_tokens_estimated"] = record["output_tokens"]
@@ -447,7 +448,7 @@ def _call(
     if remaining is not None:
         read_timeout = max(1.0, min(read_timeout, remaining - FINISH_MARGIN_SECONDS))
     timeout = anthropic.Timeout(read_timeout, connect=min(settings.connect_timeout_seconds, read_timeout))
-    tally = _Tally(request["model"])
+    tally = _Tally(request["model"], requested=request["model"])
     _calls_made[ctx] = _calls_made.get(ctx, 0) + 1
     record: dict[str, Any] = {}
     # Live output: deltas to the job's private Broadcast topic (a background thread),
@@ -524,7 +525,7 @@ def ask_claude(
     schema = output_schema(output_format, json_schema)
     structured = schema is not None
     input_bytes = utf8_bytes(system, cache.context if cache else None, prompt) + (
-        len(json.dumps(schema).encode()) if schema is not None else 0)
+        len(json.dumps(schema, ensure_ascii=False).encode()) if schema is not None else 0)  # as create measures it
     problem = ""
     for attempt in range(1 + (INVALID_OUTPUT_RETRIES if structured else 0)):
         ctx.check_cancelled()

@@ -205,9 +205,14 @@ def _cost(price: ModelPrice, counts: Mapping[str, int], multiplier: Decimal) -> 
     return float(round(total * multiplier / 1_000_000, 10)), None
 
 
-def usage_record(model: str, usage: Mapping[str, Any], *, batch: bool = False) -> dict[str, Any]:
+def usage_record(model: str, usage: Mapping[str, Any], *, batch: bool = False,
+                 requested: str | None = None) -> dict[str, Any]:
     """Token counts per tier and `cost_usd` for one call (None, with `cost_warning`,
-    when it cannot be priced exactly). `batch`: the call went through the Batch API."""
+    when it cannot be priced exactly). `batch`: the call went through the Batch API.
+    `requested`: the model id the request named. The reply names the model that ran,
+    which may be a dated snapshot of the requested alias that the table does not list;
+    the call is then priced as the requested id (`priced_as`), the price the create-time
+    checks used, so a reply's id can never take a call out of the job's cap."""
     cache_creation = usage.get("cache_creation")
     counts = {key: _tokens(usage, key) for key in
               ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")}
@@ -230,10 +235,14 @@ def usage_record(model: str, usage: Mapping[str, Any], *, batch: bool = False) -
 
     cost: float | None = None
     try:
-        price = price_table().get(model)
+        table = price_table()
     except PriceConfigError as exc:  # normally caught at start-up; never fail a paid call over it
         price, warning = None, str(exc)
     else:
+        price = table.get(model)
+        if price is None and requested and requested != model and requested in table:
+            price = table[requested]
+            record["priced_as"] = requested
         warning = None if price is not None else f"no price for model {model!r}: add it to {PRICES_ENV}"
     if price is not None:
         multiplier = Decimal(str(price.batch_multiplier)) if tier == "batch" or batch else Decimal(1)

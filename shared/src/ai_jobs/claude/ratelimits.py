@@ -124,7 +124,7 @@ def estimate_input_tokens(*texts: str | None, extra: Any = None) -> int:
     an exact count."""
     chars = sum(len(t) for t in texts if t)
     if extra is not None:
-        chars += len(json.dumps(extra, default=str))
+        chars += len(json.dumps(extra, default=str, ensure_ascii=False))
     return math.ceil(chars / CHARS_PER_INPUT_TOKEN) + INPUT_TOKENS_OVERHEAD
 
 

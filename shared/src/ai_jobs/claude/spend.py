@@ -217,6 +217,25 @@ def estimate_usd(work: ClaudeWork, price: ModelPrice) -> float:
     return work.calls * per_call + premium
 
 
+def _unknown_cache_tiers(price: ModelPrice) -> list[str]:
+    """The cache prices a cached call could be billed at that the table does not know
+    (the long-prompt tier's too): such a call would record `cost_usd: null`."""
+    tiers = ("cache_write_5m", "cache_write_1h", "cache_read")
+    missing = [t for t in tiers if getattr(price, t) is None]
+    if price.long_context is not None:
+        missing += [f"long-prompt {t}" for t in tiers if getattr(price.long_context, t) is None]
+    return missing
+
+
+def _prompt_cache_on() -> bool:
+    from ai_jobs.claude.caching import PromptCacheSettings
+
+    try:
+        return PromptCacheSettings.from_env().mode != "off"
+    except ValidationError:  # stopped at start-up; assume the cache is on
+        return True
+
+
 @dataclass(frozen=True)
 class SpendPlan:
     """What a create stores on the row: the estimate and the job's cap (None: unpriced)."""
@@ -269,6 +288,17 @@ def plan_new_job(
             "model_not_priced",
             f"model {model!r} has no price, so its cost cannot be bounded; the operator can add it to AI_JOBS_PRICES",
             field="input.model", facts={"model": model},
+        )
+    missing = _unknown_cache_tiers(price) if work.cached_prefix_bytes and _prompt_cache_on() else []
+    if missing:
+        if settings.allow_unpriced_models:
+            return SpendPlan(model, None, None)
+        raise SpendLimitError(
+            "model_not_priced",
+            f"this job writes its repeated input to the prompt cache, and model {model!r} has no "
+            f"{' / '.join(missing)} price, so its cost cannot be bounded; the operator can add the cache prices to "
+            "AI_JOBS_PRICES, or turn the prompt cache off (AI_JOBS_PROMPT_CACHE=off)",
+            field="input.model", facts={"model": model, "unknown_prices": missing},
         )
     estimate = round(estimate_usd(work, price), 6)
     # even with every operator cap off, a job's costs must fit the cost columns
@@ -333,6 +363,19 @@ def guard_call(
         return
     spent = ctx.spent_usd
     price = model_price(model)
+    unpriced = getattr(ctx, "unpriced_calls", 0)
+    if price is not None and unpriced:
+        # The model is priced, yet a call came back billed in a way the table cannot
+        # price (Priority Tier, fast mode, another inference_geo, an unknown cache tier):
+        # its cost is not in spent_usd, so the cap no longer bounds the job. Stop here
+        # (retries too: the count is kept on the row) rather than spend on unmeasured.
+        raise FatalJobError(
+            "budget_exceeded",
+            f"{unpriced} Claude call{'s' if unpriced > 1 else ''} of this job could not be priced (see "
+            "usage.cost_warning), so its cost can no longer be held to its cap of "
+            f"{_usd(cap)}; it was stopped before calling Claude again. Finished steps are kept. The operator "
+            "can add the missing price to AI_JOBS_PRICES.",
+        )
     worst = None if price is None else calls * call_cost_bound(
         price, input_bytes, max_tokens, cache_write=cache_write, batch=batch)
     if spent <= cap and (worst is None or spent + worst <= cap):

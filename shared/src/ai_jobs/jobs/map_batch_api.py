@@ -160,10 +160,10 @@ def collect(
         result = found.get(custom_id)
         if getattr(result, "type", None) != "succeeded":
             if not cancelling:
-                accept(ctx, result, custom_id)  # not billed; logs why it runs directly
+                accept(ctx, result, custom_id, submitted.model)  # not billed; logs why it runs directly
             continue
         try:
-            mapped = accept(ctx, result, custom_id)
+            mapped = accept(ctx, result, custom_id, submitted.model)
         except FatalJobError as exc:
             failure = failure or exc
             save_step(ctx, marker, {"stop_reason": result.message.stop_reason})
@@ -175,7 +175,7 @@ def collect(
     return failure
 
 
-def accept(ctx: JobContext, result: Any, custom_id: str) -> BatchMappings | None:
+def accept(ctx: JobContext, result: Any, custom_id: str, requested: str | None = None) -> BatchMappings | None:
     """The mappings of one succeeded request, its usage recorded at the Batch API price;
     None when the request must run through the normal path (errored, expired,
     canceled, missing, or a reply that does not parse)."""
@@ -189,7 +189,7 @@ def accept(ctx: JobContext, result: Any, custom_id: str) -> BatchMappings | None
                     ctx.job.id, custom_id, kind or "missing", detail)
         return None
     message = result.message
-    ctx.add_usage(usage_record(message.model, message.usage.model_dump(), batch=True))
+    ctx.add_usage(usage_record(message.model, message.usage.model_dump(), batch=True, requested=requested))
     if message.stop_reason == "refusal":
         raise FatalJobError("claude_refusal", "Claude declined this request. Rephrase the input and submit a new job.")
     if message.stop_reason in ("max_tokens", "model_context_window_exceeded"):
