@@ -103,6 +103,30 @@ def test_no_worker_function_executable_by_browser_roles(db: psycopg.Connection) 
     assert all(service for *_, service in functions)
 
 
+def test_no_sequence_usable_by_browser_roles(database_url: str, db: psycopg.Connection) -> None:
+    """Supabase's default privileges give anon and authenticated ALL on new sequences in
+    public (the identity column of ai_jobs_spend makes one): none may read or move them."""
+    sequences = db.execute(
+        """
+        select c.oid::regclass::text, r.rolname,
+               has_sequence_privilege(r.rolname, c.oid, 'usage'),
+               has_sequence_privilege(r.rolname, c.oid, 'select'),
+               has_sequence_privilege(r.rolname, c.oid, 'update')
+        from pg_class c cross join (values ('anon'), ('authenticated')) r(rolname)
+        where c.relnamespace = 'public'::regnamespace and c.relkind = 'S'
+        """
+    ).fetchall()
+    assert "ai_jobs_spend_id_seq" in {name for name, *_ in sequences}
+    assert [s for s in sequences if any(s[2:])] == []
+    for role in ("anon", "authenticated"):
+        for statement in ("select nextval('public.ai_jobs_spend_id_seq')",
+                          "select setval('public.ai_jobs_spend_id_seq', 1, false)",
+                          "select last_value from public.ai_jobs_spend_id_seq"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                with as_role(database_url, role, uuid.uuid4()) as conn:
+                    conn.execute(statement)
+
+
 def test_user_token_cannot_call_the_api_over_rest(postgrest, make_user) -> None:
     """A browser holding its own JWT gets 403 from PostgREST for every worker function."""
     from ai_jobs.store.supabase import SupabaseStore

@@ -126,6 +126,15 @@ def test_migrations_apply_as_supabase_applies_them(cluster, pg: psycopg.Connecti
         "from pg_proc p where p.pronamespace = 'public'::regnamespace and p.proname ~ 'wake'").fetchall()
     # 5, plus wake_v2, schedule_wake_v2 and wakeup_status_v2 of the schedules migration
     assert len(rows) == 8 and all(not anon and not auth and service for _, anon, auth, service in rows)
+    # nor anon or authenticated any sequence, whatever Supabase's default privileges gave them
+    sequences = pg.execute(
+        "select c.relname, has_sequence_privilege('anon', c.oid, 'usage,select,update'), "
+        "has_sequence_privilege('authenticated', c.oid, 'usage,select,update') "
+        "from pg_class c where c.relnamespace = 'public'::regnamespace and c.relkind = 'S'").fetchall()
+    assert sequences == [("ai_jobs_spend_id_seq", False, False)]
+    with pg.transaction(), pytest.raises(psycopg.errors.InsufficientPrivilege):
+        pg.execute("set local role anon")
+        pg.execute("select setval('public.ai_jobs_spend_id_seq', 1, false)")
 
 
 def test_schedule_for_pg_cron_versions(pg: psycopg.Connection) -> None:
