@@ -368,3 +368,39 @@ def test_cancel_during_an_in_place_wait_stops_the_job(pg_store, make_user, db, a
     outcomes = runner.run_available(budget_seconds=60)
     assert [o.kind for o in outcomes] == ["cancelled"] and time.monotonic() - started < 3.9
     assert not api.called
+
+
+def test_fanned_out_children_count_against_the_parents_type(pg_store, make_user, db, api, claude_env) -> None:
+    """type:ai.map_batches bounds the whole map: the Claude calls of the ai.map_batch
+    children it fans out to count against it, not only the call of batch 1 it runs itself."""
+    from ai_jobs import workflows
+
+    claude_env.setenv("AI_JOBS_RATE_LIMITS", json.dumps({"type:ai.map_batches": {"rpm": 100}}))
+    claude_env.setenv("AI_JOBS_MAP_FAN_OUT_MIN_BATCHES", "2")
+    claude_env.setenv("AI_JOBS_USER_CONCURRENCY", "0")
+    workflows._settings_from_env.cache_clear()
+    db.execute("delete from public.ai_jobs_rate_reservations where bucket like 'type:ai.map_batch%'")
+
+    def reply(request):  # type: ignore[no-untyped-def]
+        content = json.loads(request.content)["messages"][0]["content"]
+        prompt = content if isinstance(content, str) else content[-1]["text"]
+        items = [line[2:] for line in prompt.splitlines() if line.startswith("- ")]
+        return stream_response(json.dumps({"mappings": [{"item": i, "mapping": "m", "confidence": 1} for i in items]}),
+                               input_tokens=50, output_tokens=7)
+
+    api.mock(side_effect=reply)
+    try:
+        job_id = enqueue(pg_store, make_user(), "ai.map_batches",
+                         {"document": "D", "items": ["a", "b", "c"], "batch_size": 1, "use_batch_api": False})
+        Runner(pg_store, load_job_modules(), lease_seconds=5).run_available(wait_for_due=False)
+        job = pg_store.get(job_id)
+        assert job.status is JobStatus.COMPLETED, job.error
+        kids = db.execute("select job_type, status from public.ai_jobs where parent_id = %s", (job_id,)).fetchall()
+        assert kids == [("ai.map_batch", "completed")] * 2
+        assert api.call_count == 3
+        # batch 1 (the parent's own call) and both children's calls, each settled to its usage
+        assert rows(db, "type:ai.map_batches") == [(1, 50, 7)] * 3
+        assert rows(db, "type:ai.map_batch") == []  # no bucket of that name is configured
+    finally:
+        db.execute("delete from public.ai_jobs_rate_reservations where bucket like 'type:ai.map_batch%'")
+        workflows._settings_from_env.cache_clear()

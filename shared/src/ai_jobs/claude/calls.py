@@ -36,7 +36,14 @@ from ai_jobs.claude.caching import PromptCache, request_parts
 from ai_jobs.claude.client import get_client
 from ai_jobs.claude.errors import classify
 from ai_jobs.claude.pricing import usage_record
-from ai_jobs.claude.ratelimits import acquire, billed_tokens, estimate_input_tokens, rate_limits_from_env, settle
+from ai_jobs.claude.ratelimits import (
+    acquire,
+    ancestor_types,
+    billed_tokens,
+    estimate_input_tokens,
+    rate_limits_from_env,
+    settle,
+)
 from ai_jobs.claude.settings import ClaudeSettings
 from ai_jobs.claude.spend import guard_call, utf8_bytes
 from ai_jobs.context import ContinuationNeeded
@@ -429,7 +436,8 @@ def _call(
     from ai_jobs.errors import LeaseLostError
 
     client = get_client(settings)
-    limits = rate_limits_from_env().for_call(request["model"], job_type)
+    configured = rate_limits_from_env()
+    limits = configured.for_call(request["model"], job_type, *ancestor_types(ctx, configured))
     reservation = None
     if limits:
         reservation = acquire(

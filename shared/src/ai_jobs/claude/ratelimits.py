@@ -3,7 +3,9 @@
 Parallel serverless invocations each call Claude; only a budget they all see keeps
 them together under the organization's per-minute limits. Before a call, the
 worker reserves 1 request, the estimated input tokens and `max_tokens` output in
-every configured bucket that applies (`model:<model>`, `type:<job type>`); after
+every configured bucket that applies (`model:<model>`, `type:<job type>` of the job
+and of each of its ancestors, so a limit on a type also bounds the children it
+spawns, e.g. ai.map_batches and its ai.map_batch children); after
 it, the reservation is settled to what was billed. A call that does not fit waits:
 a few seconds in place, longer by deferring the job (pending again at the time
 the window frees up, no attempt spent, no error).
@@ -95,9 +97,10 @@ class RateLimits(RootModel[dict[str, RateLimit]]):
                 '{"model:claude-sonnet-5-5": {"rpm": 50, "itpm": 30000, "otpm": 8000}}'
             ) from None
 
-    def for_call(self, model: str, job_type: str) -> dict[str, dict[str, int]]:
-        """The buckets this call counts against, with their limits (wire form)."""
-        keys = (f"model:{model}", f"type:{job_type}")
+    def for_call(self, model: str, job_type: str, *ancestor_types: str) -> dict[str, dict[str, int]]:
+        """The buckets this call counts against, with their limits (wire form): the
+        model's, the job type's and, for a child job, its ancestors' types'."""
+        keys = (f"model:{model}", f"type:{job_type}", *(f"type:{t}" for t in ancestor_types))
 
         def applies(name: str) -> bool:
             if name.endswith("*"):
@@ -105,6 +108,10 @@ class RateLimits(RootModel[dict[str, RateLimit]]):
             return name in keys
 
         return {name: limit.model_dump(exclude_none=True) for name, limit in self.root.items() if applies(name)}
+
+    @property
+    def has_type_buckets(self) -> bool:
+        return any(name.startswith("type:") for name in self.root)
 
 
 @lru_cache(maxsize=8)
@@ -115,6 +122,39 @@ def _parsed(raw: str) -> RateLimits:
 def rate_limits_from_env() -> RateLimits:
     """AI_JOBS_RATE_LIMITS, parsed once per distinct value."""
     return _parsed(os.environ.get(ENV_VAR, ""))
+
+
+# A job's type and parent never change: (job type, parent id) by job id, so the children
+# of one parent that a worker runs read the parent once.
+_lineage: dict[UUID, tuple[str, UUID | None]] = {}
+_LINEAGE_MAX = 4096
+_ANCESTORS_MAX = 100  # AI_JOBS_MAX_SPAWN_DEPTH is at most 100
+
+
+def ancestor_types(ctx: JobContext, limits: RateLimits) -> tuple[str, ...]:
+    """The types of the job's parent, its parent's parent and so on (parent first), for
+    the type buckets: a child's Claude calls count against its ancestors' types too.
+    Empty for a job that is not a child, or when no type bucket is configured (no read)."""
+    from ai_jobs.errors import JobNotFoundError
+
+    parent = ctx.job.parent_id
+    if parent is None or not limits.has_type_buckets:
+        return ()
+    types: list[str] = []
+    while parent is not None and len(types) < _ANCESTORS_MAX:
+        known = _lineage.get(parent)
+        if known is None:
+            try:
+                row = ctx.store.get(parent)
+            except JobNotFoundError:  # deleted meanwhile: the types above it are unknown
+                break
+            known = (row.job_type, row.parent_id)
+            if len(_lineage) >= _LINEAGE_MAX:
+                _lineage.clear()
+            _lineage[parent] = known
+        types.append(known[0])
+        parent = known[1]
+    return tuple(types)
 
 
 def estimate_input_tokens(*texts: str | None, extra: Any = None) -> int:
