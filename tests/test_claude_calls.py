@@ -24,7 +24,7 @@ from ai_jobs.models import Job, JobStatus
 from ai_jobs.registry import InputValidationError, load_job_modules
 from ai_jobs.runner import Outcome, Runner
 from ai_jobs.store.postgres import PostgresStore
-from tests.anthropic_wire import ErrorReply, FakeAnthropicServer, paced, sse_events
+from tests.anthropic_wire import ErrorReply, FakeAnthropicServer, _event, paced, sse_events
 
 M = 1_000_000  # prices are per million tokens; Sonnet 5.5: $2 in, $10 out, $2.50 5 m write, $0.20 read
 
@@ -102,10 +102,12 @@ def test_stream_error_event_records_input_and_an_estimated_output(pg_store, make
                                                                                   "message": "Overloaded"})]
     job, _ = run(pg_store, make_user(), "ai.generate", {"prompt": "x"})
     assert job.status is JobStatus.PENDING and job.error.code == "claude_overloaded_error" and job.error.retryable
-    # no message_delta came: the 8 characters received are the best figure (8 / 4 = 2 tokens), flagged
-    assert job.usage["input_tokens"] == 500 and job.usage["output_tokens"] == 2
-    assert job.usage["estimated"] is True and job.usage["output_tokens_estimated"] == 2
-    assert job.usage["requests"] == 1 and job.usage["cost_usd"] == pytest.approx((500 * 2 + 2 * 10) / M)
+    # no message_delta came: 8 characters arrived, but what was billed is unknown (omitted
+    # thinking, dense text), so the most it can be, the max_tokens sent, is recorded, flagged
+    sent = fake.requests[0].body["max_tokens"]
+    assert sent == 4096 and job.usage["input_tokens"] == 500 and job.usage["output_tokens"] == sent
+    assert job.usage["estimated"] is True and job.usage["output_tokens_estimated"] == sent
+    assert job.usage["requests"] == 1 and job.usage["cost_usd"] == pytest.approx((500 * 2 + sent * 10) / M)
 
 
 def test_an_http_error_counts_as_a_request_with_no_tokens(pg_store, make_user, fake) -> None:
@@ -328,8 +330,37 @@ def test_a_connection_dropped_mid_stream_is_retryable_and_logged_once(pg_store, 
     assert job.status is JobStatus.PENDING and job.error.code == "claude_stream_interrupted" and job.error.retryable
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and warnings[0].exc_info is None and "cut" in warnings[0].getMessage()
-    assert job.usage["input_tokens"] == 400 and job.usage["output_tokens"] == 4  # 16 characters / 4, estimated
+    # 16 characters arrived; the max_tokens sent is recorded, flagged as an estimate
+    assert job.usage["input_tokens"] == 400 and job.usage["output_tokens"] == fake.requests[0].body["max_tokens"]
     assert job.usage["estimated"] is True and job.usage["requests"] == 1
+
+
+@pytest.mark.parametrize("ending", ["drop", "error event"])
+def test_a_stream_that_breaks_after_its_final_message_delta_is_used_not_asked_again(
+        pg_store, make_user, fake, ending) -> None:
+    """The reply is whole and billed once message_delta has its stop_reason and final
+    count; only message_stop was lost. Retrying would pay for it twice."""
+    events = sse_events("Hello there", input_tokens=1000, output_tokens=4000)
+    assert '"message_delta"' in events[-2] and '"message_stop"' in events[-1]
+    tail: Any = ("drop",) if ending == "drop" else _event(
+        "error", {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    fake.replies = [[*events[:-1], tail], events]
+    job, _ = run(pg_store, make_user(), "ai.generate", {"prompt": "x", "max_tokens": 4096})
+    assert job.status is JobStatus.COMPLETED, job.error
+    assert job.result["text"] == "Hello there" and len(fake.requests) == 1
+    assert job.usage["output_tokens"] == 4000 and "estimated" not in job.usage and job.usage["requests"] == 1
+
+
+def test_the_sdk_never_retries_a_billed_call(pg_store, make_user, fake, monkeypatch) -> None:
+    """With AI_JOBS_CLAUDE_MAX_RETRIES set, the SDK would sleep out the retry-after in the
+    reader thread and send the request again after the job had given up, unrecorded."""
+    monkeypatch.setenv("AI_JOBS_CLAUDE_MAX_RETRIES", "2")
+    reset_clients()
+    fake.replies = [ErrorReply(529, "overloaded_error", "Overloaded", headers={"retry-after": "2"}), stream("hello")]
+    job, _ = run(pg_store, make_user(), "ai.generate", {"prompt": "x"})
+    assert job.status is JobStatus.PENDING and job.error.code == "claude_overloaded"
+    time.sleep(3)  # past the retry-after: an SDK retry would have arrived by now
+    assert len(fake.requests) == 1 and job.usage["requests"] == 1
 
 
 def test_a_stalled_stream_times_out_retryably(pg_store, make_user, fake, monkeypatch, caplog) -> None:

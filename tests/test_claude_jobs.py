@@ -87,6 +87,28 @@ def test_mid_stream_overload_is_retried(pg_store, make_user, api) -> None:
     assert job.status is JobStatus.PENDING and job.error.code == "claude_overloaded_error" and job.error.retryable
 
 
+def test_429_without_retry_after_waits_for_the_exhausted_limits_reset(pg_store, make_user, api) -> None:
+    reset = (datetime.now(UTC) + timedelta(seconds=300)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    soon = (datetime.now(UTC) + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    api.mock(return_value=error_response(429, "rate_limit_error", "Too many tokens", headers={
+        "anthropic-ratelimit-output-tokens-remaining": "0", "anthropic-ratelimit-output-tokens-reset": reset,
+        "anthropic-ratelimit-requests-remaining": "40", "anthropic-ratelimit-requests-reset": soon}))
+    job = pg_store.get(run_job(pg_store, make_user(), "ai.generate", {"prompt": "x"}))
+    assert job.status is JobStatus.PENDING and job.error.code == "claude_rate_limited"
+    assert datetime.now(UTC) + timedelta(seconds=290) <= job.run_at <= datetime.now(UTC) + timedelta(seconds=301)
+
+
+@pytest.mark.parametrize(("status", "kind", "should_retry", "retryable"), [
+    (500, "api_error", "false", False),  # the API says a retry would fail the same way
+    (400, "invalid_request_error", "true", True),
+])
+def test_x_should_retry_is_followed(pg_store, make_user, api, status, kind, should_retry, retryable) -> None:
+    api.mock(return_value=error_response(status, kind, "nope", headers={"x-should-retry": should_retry}))
+    job = pg_store.get(run_job(pg_store, make_user(), "ai.generate", {"prompt": "x"}))
+    assert job.error.retryable is retryable and api.call_count == 1
+    assert job.status is (JobStatus.PENDING if retryable else JobStatus.FAILED)
+
+
 def test_400_fails_at_once(pg_store, make_user, api) -> None:
     api.mock(return_value=error_response(400, "invalid_request_error", "prompt is too long: 250000 tokens > 200000"))
     job = pg_store.get(run_job(pg_store, make_user(), "ai.generate", {"prompt": "x"}))

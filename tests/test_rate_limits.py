@@ -290,7 +290,8 @@ def test_failed_calls_settle_to_what_was_billed(pg_store, make_user, db, api, cl
     Runner(pg_store, load_job_modules()).run_available(job_id=second, max_jobs=1)
     assert pg_store.get(first).error.code == "claude_rate_limited"
     assert pg_store.get(second).error.code == "claude_overloaded_error"
-    assert rows(db, f"model:{model}") == [(1, 0, 0), (1, 321, 1)]
+    # the cut call settles to what it may have been billed: its input and the max_tokens sent
+    assert rows(db, f"model:{model}") == [(1, 0, 0), (1, 321, 900)]
 
 
 def test_full_limit_defers_the_job_without_spending_an_attempt(pg_store, make_user, db, api, claude_env) -> None:

@@ -166,10 +166,11 @@ def test_cost_estimate_per_job(api_factory, make_user, pg_store) -> None:
     body = _problem(api.create(user, "ai.map_batches", data), 422, "job_cost_too_high")
     # 60 calls, each: (instructions + document + its item + 3,000 bytes of framing) / 3 tokens at $2 and
     # 4,096 output tokens at $10 per MTok; plus, once, the document and instructions written to the
-    # 1-hour prompt cache ($4 instead of $2 per MTok)
+    # 1-hour prompt cache ($4 instead of $2 per MTok); all x1.1, as a workspace whose default
+    # inference_geo is "us" is billed
     prefix = len("For each item, say where and how the document addresses it.") + 100_000
     per_call = (-(-(prefix + len("requirement 59") + 3 + 3_000) // 3) * 2 + 4096 * 10) / 1e6
-    assert body["estimated_cost_usd"] == pytest.approx(60 * per_call + -(-prefix // 3) * 2 / 1e6, abs=1e-6)
+    assert body["estimated_cost_usd"] == pytest.approx(1.1 * (60 * per_call + -(-prefix // 3) * 2 / 1e6), abs=1e-6)
     assert body["max_job_cost_usd"] == 5
     assert "$5.00" in body["detail"] and f"${body['estimated_cost_usd']:.2f}" in body["detail"]
 
@@ -540,6 +541,93 @@ def test_an_extract_schema_is_measured_as_create_measured_it(pg_store, make_user
         api.close()
     assert job.status is JobStatus.COMPLETED, job.error
     assert job.result["data"] == {"a": "x"} and len(server.requests) == 1
+
+
+def test_the_bound_counts_us_only_inference(pg_store, make_user, claude_env, monkeypatch, database_url) -> None:
+    """Requests name no inference_geo, so a workspace whose default is "us" is billed x1.1;
+    the estimate, the cap and the in-job guard count it, so the call that would cost more
+    than a $0.085 cap and budget is refused at create instead of run."""
+    reply = sse_events("hello", input_tokens=1000, output_tokens=7000, start_usage={"inference_geo": "us"})
+    server = FakeAnthropicServer([reply]).start()
+    api = Api(database_url, AI_JOBS_MAX_JOB_COST_USD="0.085", AI_JOBS_USER_DAILY_BUDGET_USD="0.085")
+    try:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        user = make_user()
+        refused = api.create(user, "ai.generate", {"prompt": "Say hello", "max_tokens": 8000})
+        body = _problem(refused, 422, "job_cost_too_high")
+        assert body["estimated_cost_usd"] > 0.088  # 8,000 output tokens alone: $0.08 x 1.1
+        created = api.create(user, "ai.generate", {"prompt": "Say hello", "max_tokens": 7000})
+        assert created.status_code == 202, created.json
+        Runner(pg_store, load_job_modules()).run_available()
+        job = pg_store.get(uuid.UUID(created.json["id"]))
+    finally:
+        server.stop()
+        api.close()
+    assert job.status is JobStatus.COMPLETED and job.usage["inference_geo"] == "us"
+    assert job.usage["cost_usd"] == pytest.approx(1.1 * (1000 * 2 + 7000 * 10) / 1e6)
+    assert job.usage["cost_usd"] <= job.cost_cap_usd <= 0.085
+
+
+def _thinking_then_stall(mark: str) -> list[Any]:
+    """message_start (1,000 input), a thinking block shown as omitted (empty thinking and
+    its signature: finished, every thinking token billed), then nothing more."""
+    events = sse_events("", input_tokens=1000, thinking="", chunks=1)
+    return [*events[:5], ("mark", mark), ("stall", 60)]
+
+
+def test_cancel_and_retry_after_omitted_thinking_stays_within_the_cap_and_budget(
+        pg_store, make_user, claude_env, monkeypatch, database_url) -> None:
+    """Each cut call records the most it can have cost (its max_tokens), so the owner's
+    cancel-and-retry loop runs out of cap and budget; before, each recorded 1 output
+    token and the loop was bounded by nothing."""
+    server = FakeAnthropicServer([_thinking_then_stall(f"p{n}") for n in range(8)]).start()
+    api = Api(database_url, AI_JOBS_USER_DAILY_BUDGET_USD="0.2")
+    try:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        user = make_user()
+        created = api.create(user, "ai.generate", {"prompt": "Think hard", "max_tokens": 8000})
+        assert created.status_code == 202, created.json
+        job_id = uuid.UUID(created.json["id"])
+        sent = 0
+        for n in range(8):
+            worker = threading.Thread(target=Runner(pg_store, load_job_modules()).run_available,
+                                      kwargs={"job_id": job_id, "max_jobs": 1})
+            worker.start()
+            if server.marks[f"p{n}"].wait(3):
+                sent += 1
+                pg_store.request_cancel(job_id)
+            worker.join(15)
+            job = pg_store.get(job_id)
+            if job.status is not JobStatus.CANCELLED or api.retry(user, job_id).status_code != 202:
+                break
+        job = pg_store.get(job_id)
+        ledger = float(db_spend(database_url, user))
+    finally:
+        server.stop()
+        api.close()
+    worst = usage_record(SONNET, {"input_tokens": 1000, "output_tokens": 8000})["cost_usd"]
+    assert sent == len(server.requests) <= 2
+    assert job.usage["output_tokens"] == sent * 8000 and job.usage["estimated"] is True
+    assert job.usage["cost_usd"] == pytest.approx(sent * worst) and ledger == pytest.approx(sent * worst)
+
+
+def db_spend(database_url: str, user: uuid.UUID) -> float:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("select coalesce(sum(cost_usd), 0) from public.ai_jobs_spend where user_id = %s",
+                            (user,)).fetchone()[0]
+
+
+def test_the_map_child_type_takes_the_map_max_tokens_cap(api_factory, make_user) -> None:
+    user = make_user()
+    api = api_factory(AI_JOBS_MAX_TOKENS='{"ai.map_batches": 1000}')
+    _problem(api.create(user, "ai.map_batches", {"document": "d", "items": ["a"], "max_tokens": 8000}),
+             422, "max_tokens_too_large")
+    body = _problem(api.create(user, "ai.map_batch", {"document": "d", "items": ["a"], "instructions": "map",
+                                                       "max_tokens": 8000}), 422, "max_tokens_too_large")
+    assert body["max_tokens_cap"] == 1000
+    own = api_factory(AI_JOBS_MAX_TOKENS='{"ai.map_batches": 1000, "ai.map_batch": 2000}')
+    assert own.create(user, "ai.map_batch", {"document": "d", "items": ["a"], "instructions": "map",
+                                             "max_tokens": 2000}).status_code == 202
 
 
 def test_spend_settings_fail_at_start_up() -> None:

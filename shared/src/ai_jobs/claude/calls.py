@@ -183,6 +183,7 @@ class _Tally:
 
     model: str  # the requested id; the reply's own id once message_start names it
     requested: str = ""
+    max_tokens: int = 0  # as sent: the most output a cut stream can have been billed for
     reached_api: bool = False
     usage: dict[str, Any] | None = None
     output_final: bool = False  # a message_delta gave the cumulative output count
@@ -227,11 +228,16 @@ class _Tally:
 
     def record(self) -> dict[str, Any]:
         """The usage record for the job (requests 1 with no tokens when the API answered
-        with an error before any message began)."""
+        with an error before any message began). A stream cut before its final
+        `message_delta` records the most it can have been billed for, the `max_tokens`
+        sent: the characters received say nothing of thinking that was omitted or
+        summarised, nor of text that tokenizes densely, and an under-count would let a
+        cancel-and-retry loop spend outside the job's cap and the user's budget."""
         usage = dict(self.usage or {})
         estimated = self.usage is not None and not self.output_final
         if estimated:
-            estimate = max(int(usage.get("output_tokens") or 0), math.ceil(self.chars / CHARS_PER_TOKEN))
+            estimate = max(int(usage.get("output_tokens") or 0), math.ceil(self.chars / CHARS_PER_TOKEN),
+                           self.max_tokens)
             usage["output_tokens"] = estimate
         record = usage_record(self.model, usage, requested=self.requested or None)
         if estimated:
@@ -311,7 +317,9 @@ def _stream_once(
 
     def read() -> None:
         try:
-            stream = client.messages.stream(**request, timeout=timeout).__enter__()
+            # No SDK retries here: one would sleep out a retry-after inside this thread and
+            # send a billed request after the job had given up; the queue retries instead.
+            stream = client.with_options(max_retries=0).messages.stream(**request, timeout=timeout).__enter__()
         except BaseException as exc:  # noqa: BLE001 - handed to the job thread
             events.put(exc)
             return
@@ -345,6 +353,12 @@ def _stream_once(
             elif isinstance(item, BaseException):
                 if not tally.reached_api:
                     tally.reached_api = _reached_api(item)
+                if isinstance(item, Exception) and tally.complete and "stream" in opened:
+                    # The final message_delta (stop_reason, output count) had come: the reply
+                    # is whole and billed; asking again would pay for it twice.
+                    log.info("job %s: the Claude stream ended with %s after its final message_delta; "
+                             "the reply is complete", ctx.job.id, type(item).__name__)
+                    break
                 raise item
             elif item is not None:
                 tally.see(item)
@@ -456,7 +470,7 @@ def _call(
     if remaining is not None:
         read_timeout = max(1.0, min(read_timeout, remaining - FINISH_MARGIN_SECONDS))
     timeout = anthropic.Timeout(read_timeout, connect=min(settings.connect_timeout_seconds, read_timeout))
-    tally = _Tally(request["model"], requested=request["model"])
+    tally = _Tally(request["model"], requested=request["model"], max_tokens=sent_max_tokens)
     _calls_made[ctx] = _calls_made.get(ctx, 0) + 1
     record: dict[str, Any] = {}
     # Live output: deltas to the job's private Broadcast topic (a background thread),

@@ -46,6 +46,42 @@ def retry_at_from_headers(headers: Mapping[str, str], now: datetime | None = Non
     return now + delay
 
 
+RATE_LIMIT_KINDS = ("requests", "tokens", "input-tokens", "output-tokens")
+
+
+def _rfc3339(raw: str) -> datetime | None:
+    try:
+        value = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def retry_at_from_rate_limit_reset(headers: Mapping[str, str], now: datetime | None = None) -> datetime | None:
+    """For a 429 without `retry-after`: when the exhausted limit refills, from the
+    `anthropic-ratelimit-<kind>-reset` headers (RFC 3339). The limits whose `-remaining`
+    is 0 decide; when none says so, the latest reset. Capped at 24 h."""
+    now = now or datetime.now(UTC)
+    resets: dict[str, datetime] = {}
+    for kind in RATE_LIMIT_KINDS:
+        raw = headers.get(f"anthropic-ratelimit-{kind}-reset")
+        at = _rfc3339(raw) if raw else None
+        if at is not None:
+            resets[kind] = at
+    if not resets:
+        return None
+    exhausted = [at for kind, at in resets.items()
+                 if (headers.get(f"anthropic-ratelimit-{kind}-remaining") or "").strip() == "0"]
+    at = max(exhausted or resets.values())
+    return now + max(timedelta(0), min(at - now, MAX_RETRY_AFTER))
+
+
+def _should_retry(headers: Mapping[str, str]) -> bool | None:
+    """The API's own verdict (`x-should-retry`, which the SDK follows first), if it gave one."""
+    value = (headers.get("x-should-retry") or "").strip().lower()
+    return True if value == "true" else False if value == "false" else None
+
+
 def classify(exc: Exception) -> JobFailure:
     import anthropic
     import httpx2
@@ -75,14 +111,21 @@ def classify(exc: Exception) -> JobFailure:
                 f"The Anthropic spend limit is reached ({exc.error_code}): {msg}. Raise the limit in the "
                 "Anthropic Console, then retry the job.",
             )
-        if status in (408, 409, 429) or status >= 500:
+        headers = exc.response.headers
+        verdict = _should_retry(headers)
+        if verdict is True or (verdict is None and (status in (408, 409, 429) or status >= 500)):
             code = {408: "claude_timeout", 409: "claude_conflict", 429: "claude_rate_limited", 529: "claude_overloaded"}
+            retry_at = retry_at_from_headers(headers)
+            if retry_at is None and status == 429:
+                retry_at = retry_at_from_rate_limit_reset(headers)
             return RetryableJobError(
-                code.get(status, "claude_server_error"),
+                code.get(status, "claude_server_error" if status >= 500 else f"claude_http_{status}"),
                 f"Claude answered {status} ({kind or 'error'}): {msg}",
-                retry_at=retry_at_from_headers(exc.response.headers),
+                retry_at=retry_at,
             )
         code, template = FATAL_GUIDANCE.get(status, (f"claude_http_{status}", "Claude answered {status}: {msg}"))
+        if verdict is False and code == f"claude_http_{status}":
+            template = "Claude answered {status} and asked not to retry (x-should-retry: false): {msg}"
         return FatalJobError(code, template.format(msg=msg, status=status))
     if isinstance(exc, anthropic.AnthropicError):
         return FatalJobError("claude_client_error", f"Anthropic client error: {exc}")

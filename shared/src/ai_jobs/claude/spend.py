@@ -57,6 +57,9 @@ DEFAULT_MAX_TOKENS: dict[str, int] = {
     "ai.map_batches": 4096,
     "*": 8192,
 }
+# A type without its own max_tokens cap that takes another's: the child type of a
+# fanned-out map is creatable on its own, and must not get round the map's cap.
+MAX_TOKENS_CAP_OF: dict[str, str] = {"ai.map_batch": "ai.map_batches"}
 # Sent when the budget is held by active jobs (no recorded spend leaving the window frees enough).
 BUDGET_RETRY_AFTER_SECONDS = 60
 
@@ -169,6 +172,8 @@ class SpendSettings(BaseModel):
 
     def max_tokens_cap(self, job_type: str) -> int:
         caps = {**DEFAULT_MAX_TOKENS, **self.max_tokens}
+        if job_type not in caps and MAX_TOKENS_CAP_OF.get(job_type) in caps:
+            return caps[MAX_TOKENS_CAP_OF[job_type]]
         return caps.get(job_type, caps["*"])
 
     def daily_budget(self) -> float | None:
@@ -201,7 +206,13 @@ def call_cost_bound(price: ModelPrice, input_bytes: int, max_tokens: int, *, cac
     if cache_write:
         input_rate = max(input_rate, rates.cache_write_5m or 0.0, rates.cache_write_1h or 0.0)
     cost = (tokens * input_rate + max_tokens * rates.output) / 1_000_000
-    return cost * (price.batch_multiplier if batch else 1.0)
+    return cost * (price.batch_multiplier if batch else 1.0) * geo_bound(price)
+
+
+def geo_bound(price: ModelPrice) -> float:
+    """The dearest `inference_geo` multiplier the model may be billed at: a request names
+    none, so the workspace's default geo applies (US-only inference is x1.1)."""
+    return max([1.0, *price.inference_geo.values()])
 
 
 def estimate_usd(work: ClaudeWork, price: ModelPrice) -> float:
@@ -213,7 +224,7 @@ def estimate_usd(work: ClaudeWork, price: ModelPrice) -> float:
         long = price.long_context
         rates = long if long is not None and tokens > long.above_prompt_tokens else price
         write = max(rates.cache_write_5m or 0.0, rates.cache_write_1h or 0.0)
-        premium = max(0.0, write - rates.input) * tokens / 1_000_000
+        premium = max(0.0, write - rates.input) * tokens / 1_000_000 * geo_bound(price)
     return work.calls * per_call + premium
 
 
