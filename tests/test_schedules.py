@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from pydantic import BaseModel, field_validator
 
 from ai_jobs.registry import JobRegistry, load_job_modules
 from ai_jobs.runner import Runner
@@ -231,6 +232,43 @@ def test_refused_enqueue_skips_the_tick_and_records_why(db: psycopg.Connection, 
                      (schedule.id,)).fetchone()
     assert row[0]["code"] == "AJ001" and row[1]
     assert scheduled_jobs(db, schedule.id) == []
+
+
+class _Unbuildable(BaseModel):
+    """An input whose validation breaks in a way no schedule should (as a user schema
+    nested deeply enough to exhaust the stack did in the sweep's deeper fire path)."""
+
+    depth: int
+
+    @field_validator("depth")
+    @classmethod
+    def _blow_up(cls, depth: int) -> int:
+        if depth > 100:
+            raise RecursionError("maximum recursion depth exceeded")
+        return depth
+
+
+def test_one_schedules_broken_input_does_not_stop_the_others(db: psycopg.Connection, pg_store: PostgresStore,
+                                                              make_user) -> None:
+    reg = load_job_modules(demo=True)
+    local = JobRegistry()
+    local._definitions = dict(reg._definitions)  # noqa: SLF001 - a registry of our own for this test
+
+    @local.job("test.unbuildable", input=_Unbuildable, output=_Unbuildable)
+    def unbuildable(data: _Unbuildable, ctx: Any) -> _Unbuildable:
+        return data
+
+    hostile, victim = make_user(), make_user()
+    tick = utc(2026, 1, 1)
+    poisoned = pg_store.create_schedule(hostile, name="poison", job_type="test.unbuildable", input={"depth": 500},
+                                        cron="* * * * *", timezone="UTC", next_run_at=tick)
+    fine = make_schedule(pg_store, victim, "* * * * *", next_run_at=tick + timedelta(minutes=1))
+    report = fire_due_schedules(pg_store, local, settings_with())
+    assert (report.fired, report.failed) == (1, 1)
+    assert len(scheduled_jobs(db, fine.id)) == 1 and scheduled_jobs(db, poisoned.id) == []
+    error, moved = db.execute("select last_error, next_run_at > now() from public.ai_job_schedules where id = %s",
+                              (poisoned.id,)).fetchone()
+    assert error["code"] == "schedule_job_unbuildable" and "RecursionError" in error["message"] and moved
 
 
 def test_paused_schedule_does_not_fire_and_resume_skips_missed_ticks(

@@ -215,6 +215,7 @@ def fire_due_schedules(store: JobStore, registry: JobRegistry, settings: Setting
     database's now, so missed ticks collapse into this one. A job the queue refuses
     (active-job cap, budget) or that can no longer be built (type removed, input no
     longer valid) skips the tick and is kept in the schedule's last_error."""
+    from ai_jobs.errors import StoreUnavailableError
     from ai_jobs.service import build_job
 
     report = FireReport()
@@ -233,8 +234,22 @@ def fire_due_schedules(store: JobStore, registry: JobRegistry, settings: Setting
                                      exclude={"user_id", "job_type", "input", "idempotency_key"})
         except AiJobsError as exc:
             job, skip = None, {"code": exc.code, "message": exc.message[:1000]}
-        result = store.fire_schedule(schedule.id, expected_next=schedule.next_run_at, new_next=new_next,
-                                     job=job, skip_error=skip)
+        except Exception as exc:  # noqa: BLE001 - one schedule's input must not stop every other's
+            # e.g. a RecursionError from a deeply nested user schema: skip this tick (its
+            # next_run_at still moves on, so it cannot sort first for ever) and go on.
+            log.exception("schedule %s: its job could not be built", schedule.id)
+            job, skip = None, {"code": "schedule_job_unbuildable",
+                               "message": f"the scheduled job could not be built ({type(exc).__name__}); "
+                                          "change the schedule's input or delete it"}
+        try:
+            result = store.fire_schedule(schedule.id, expected_next=schedule.next_run_at, new_next=new_next,
+                                         job=job, skip_error=skip)
+        except StoreUnavailableError:
+            raise
+        except AiJobsError as exc:  # this schedule's row or job refused by the database: the next one
+            log.error("schedule %s: tick %s not fired: %s", schedule.id, schedule.next_run_at.isoformat(), exc.message)
+            report.failed += 1
+            continue
         if not result.fired:
             report.skipped += 1
         elif result.error is not None:
