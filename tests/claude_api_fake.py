@@ -39,8 +39,12 @@ batch never read what another wrote; the docs call batch cache hits best-effort)
 with another stop_reason (`max_tokens`, `refusal`). A cancel lets `done_before_cancel`
 requests finish (billed) and cancels the rest. `retrieve_errors` makes the next
 retrieves of a batch fail with the given (status, error type), as the API's 5xx and
-529 `overloaded_error` bodies do (`types/shared/error_response.py`). Every billed
-request is appended to `billed` (model, usage, batch). `reply_models` maps a requested
+529 `overloaded_error` bodies do (`types/shared/error_response.py`); `create_errors`
+does the same for the next creates (no batch is made). `lose_create_replies` = n: the
+next n creates make their batch, then reset the connection without answering (a reply
+lost after the request reached the API: the SDK raises APIConnectionError from
+httpx2's ReadError or RemoteProtocolError); `lost_create_replies` counts them. Every
+billed request is appended to `billed` (model, usage, batch). `reply_models` maps a requested
 id to the one the reply names (`Message.model` is the model that ran, e.g. a dated
 snapshot of a requested alias).
 """
@@ -51,6 +55,8 @@ import hashlib
 import json
 import math
 import re
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -120,6 +126,9 @@ class ClaudeApiFake(ThreadingHTTPServer):
         self.stop_reasons: dict[str, str] = {}
         self.reply_models: dict[str, str] = {}
         self.retrieve_errors: list[tuple[int, str]] = []
+        self.create_errors: list[tuple[int, str]] = []
+        self.lose_create_replies = 0
+        self.lost_create_replies = 0
         self.done_before_cancel = done_before_cancel
         self.min_cacheable = {**MIN_CACHEABLE, **(min_cacheable or {})}
         self.billed: list[Billed] = []
@@ -297,6 +306,10 @@ class ClaudeApiFake(ThreadingHTTPServer):
         batch.ended_at = datetime.now(UTC)
 
     def create_batch(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            if self.create_errors:
+                status, kind = self.create_errors.pop(0)
+                return status, {"type": "error", "error": {"type": kind, "message": kind.replace("_", " ")}}
         requests = body.get("requests")
         if not isinstance(requests, list) or not requests:
             return 400, {"type": "error", "error": {"type": "invalid_request_error", "message": "requests: required"}}
@@ -396,6 +409,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _reset(self) -> None:
+        """Drop the connection without a reply: a TCP reset (SO_LINGER 0, then close)."""
+        self.close_connection = True
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.connection.close()
+
     def _json(self, status: int, data: dict[str, Any]) -> None:
         self._send(status, json.dumps(data).encode())
 
@@ -422,7 +441,16 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._json(status, message)
         elif path == "/v1/messages/batches":
-            self._json(*self.server.create_batch(body))
+            status, data = self.server.create_batch(body)
+            with self.server._lock:
+                lose = status == 200 and self.server.lose_create_replies > 0
+                if lose:
+                    self.server.lose_create_replies -= 1
+                    self.server.lost_create_replies += 1
+            if lose:
+                self._reset()
+            else:
+                self._json(status, data)
         elif (m := re.fullmatch(r"/v1/messages/batches/([^/]+)/cancel", path)):
             self._json(*self.server.cancel_batch(m.group(1)))
         else:

@@ -413,6 +413,148 @@ def test_a_message_batch_over_the_cap_is_not_submitted(pg_store, make_user, clau
         assert fake.created == [] and "claude-batch" not in job.checkpoints
 
 
+MAP_INPUT = {"document": "The policy.", "items": ["a", "b", "c"], "batch_size": 1, "use_batch_api": True}
+
+
+def _message_batch_bound(data: dict[str, Any]) -> float:
+    """The spend guard's worst case for the job's Message Batch (every request writing
+    the cache and answering with all of max_tokens, at the Batch API price)."""
+    from ai_jobs.claude.spend import call_cost_bound, model_price, utf8_bytes
+    from ai_jobs.jobs.ai import MapBatchesInput
+
+    parsed = MapBatchesInput.model_validate(data)
+    batches = parsed.batches()
+    largest = max(sum(utf8_bytes(item) + 3 for item in batch) for batch in batches)
+    price = model_price(SONNET)
+    assert price is not None
+    return len(batches) * call_cost_bound(price, utf8_bytes(parsed.instructions, parsed.document) + largest,
+                                          parsed.max_tokens, cache_write=True, batch=True)
+
+
+def _ledger(db: psycopg.Connection, job_id: uuid.UUID) -> float:
+    total = db.execute("select sum(cost_usd) from public.ai_jobs_spend where job_id = %s", (job_id,)).fetchone()[0]
+    return float(total or 0)
+
+
+def _run_due(db: psycopg.Connection, store: PostgresStore, registry: Any, job_id: uuid.UUID, times: int) -> None:
+    for _ in range(times):  # each retry backoff or batch poll, made due
+        db.execute("update public.ai_jobs set run_at = now() where id = %s and status = 'pending'", (job_id,))
+        Runner(store, registry).run_available()
+
+
+def test_a_lost_batch_create_reply_charges_the_worst_case_of_the_batch_it_may_have_left(
+        pg_store, make_user, claude_env, monkeypatch, db) -> None:
+    """The batch is created, then the connection drops before the reply: the API has
+    no idempotency key, so the batch runs (and bills) unseen. The create is not resent
+    by the SDK (its retries are on here), and the job is charged that batch's worst
+    case at once, on the row and in the spend ledger, before it is retried."""
+    monkeypatch.setenv("AI_JOBS_CLAUDE_MAX_RETRIES", "2")
+    bound = _message_batch_bound(MAP_INPUT)
+    with ClaudeApiFake() as fake:
+        fake.lose_create_replies = 1
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        registry = load_job_modules()
+        created = submit_job(pg_store, make_user(), "ai.map_batches", MAP_INPUT,
+                             settings=Settings(store="postgres", database_url="unused"), registry=registry)
+        job_id = created.job.id
+        Runner(pg_store, registry).run_available()
+        job = pg_store.get(job_id)
+        assert len(fake.created) == 1 and fake.lost_create_replies == 1  # not resent by the SDK
+        assert job.status is JobStatus.PENDING and job.error.code == "claude_unreachable" and job.error.retryable
+        assert job.usage == {"requests": 0, "estimated": True, "orphan_batches": 1,
+                             "cost_usd": pytest.approx(bound), "orphan_batch_cost_usd": pytest.approx(bound)}
+        assert _ledger(db, job_id) == pytest.approx(bound)
+        [unconfirmed] = job.checkpoints["claude-batch-unconfirmed"]
+        assert unconfirmed["requests"] == 3 and unconfirmed["worst_case_usd"] == pytest.approx(bound)
+        assert "claude-batch" not in job.checkpoints
+
+        _run_due(db, pg_store, registry, job_id, 6)  # the retry submits again, then polls until it has ended
+        job = pg_store.get(job_id)
+        orphan, submitted = fake.created
+    assert job.status is JobStatus.COMPLETED, job.error
+    assert job.checkpoints["claude-batch"]["id"] == submitted.id and orphan.status == "in_progress"
+    billed = sum(usage_record(SONNET, b.usage, batch=True)["cost_usd"] for b in fake.billed)
+    assert len(fake.billed) == 3 and job.usage["requests"] == 3 and job.usage["orphan_batches"] == 1
+    assert job.usage["cost_usd"] == pytest.approx(bound + billed) and job.usage["estimated"] is True
+    assert _ledger(db, job_id) == pytest.approx(bound + billed)
+
+
+def test_lost_batch_create_replies_are_bounded_by_the_job_cap(pg_store, make_user, claude_env, monkeypatch,
+                                                               db) -> None:
+    """Every create's reply is lost: each retry may leave another batch running. Each
+    one's worst case is on the job, so the cap stops the job before a batch it could not
+    pay for (here room for two), however many attempts it has left."""
+    bound = _message_batch_bound(MAP_INPUT)
+    with ClaudeApiFake() as fake:
+        fake.lose_create_replies = 100
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        registry = load_job_modules()
+        created = submit_job(pg_store, make_user(), "ai.map_batches", MAP_INPUT,
+                             settings=Settings(store="postgres", database_url="unused"), registry=registry)
+        job_id = created.job.id
+        db.execute("update public.ai_jobs set cost_cap_usd = %s, max_attempts = 10 where id = %s",
+                   (round(2.5 * bound, 6), job_id))
+        _run_due(db, pg_store, registry, job_id, 8)
+        job = pg_store.get(job_id)
+    assert job.status is JobStatus.FAILED and job.error.code == "budget_exceeded", job.error
+    assert len(fake.created) == fake.lost_create_replies == 2 and job.attempts == 3
+    assert job.usage["orphan_batches"] == 2 and job.usage["requests"] == 0
+    assert job.usage["cost_usd"] == pytest.approx(2 * bound) and _ledger(db, job_id) == pytest.approx(2 * bound)
+    assert len(job.checkpoints["claude-batch-unconfirmed"]) == 2
+
+
+@pytest.mark.parametrize(("status", "kind", "may_exist"), [
+    (500, "api_error", True), (503, "api_error", True), (529, "overloaded_error", False),
+    (429, "rate_limit_error", False),
+])
+def test_a_failed_batch_create_is_charged_only_when_the_batch_may_exist(
+        pg_store, make_user, claude_env, monkeypatch, db, status, kind, may_exist) -> None:
+    """A 5xx other than 529 may come after the batch was made; 429 and 529 mean it was not."""
+    bound = _message_batch_bound(MAP_INPUT)
+    with ClaudeApiFake() as fake:
+        fake.create_errors = [(status, kind)]
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+        registry = load_job_modules()
+        created = submit_job(pg_store, make_user(), "ai.map_batches", MAP_INPUT,
+                             settings=Settings(store="postgres", database_url="unused"), registry=registry)
+        Runner(pg_store, registry).run_available()
+        job = pg_store.get(created.job.id)
+    assert job.status is JobStatus.PENDING and job.error.retryable and fake.create_errors == []
+    if may_exist:
+        assert job.usage["orphan_batches"] == 1 and job.usage["cost_usd"] == pytest.approx(bound)
+        assert _ledger(db, job.id) == pytest.approx(bound)
+    else:
+        assert job.usage == {} and "claude-batch-unconfirmed" not in job.checkpoints and _ledger(db, job.id) == 0
+
+
+def test_which_failed_batch_creates_may_have_created_the_batch() -> None:
+    import anthropic
+    import httpx2
+
+    from ai_jobs.claude.batches import may_have_created
+
+    request = httpx2.Request("POST", "https://api.anthropic.com/v1/messages/batches")
+
+    def connection(
+        cause: Exception, kind: type[anthropic.APIConnectionError] = anthropic.APIConnectionError
+    ) -> Exception:
+        exc = kind(request=request)
+        exc.__cause__ = cause
+        return exc
+
+    def status(code: int) -> Exception:
+        return anthropic.APIStatusError("error", response=httpx2.Response(code, request=request), body=None)
+
+    assert may_have_created(connection(httpx2.RemoteProtocolError("Server disconnected")))
+    assert may_have_created(connection(httpx2.ReadError("reset")))
+    assert may_have_created(connection(httpx2.ReadTimeout("read"), anthropic.APITimeoutError))
+    assert not may_have_created(connection(httpx2.ConnectError("refused")))
+    assert not may_have_created(connection(httpx2.ConnectTimeout("connect"), anthropic.APITimeoutError))
+    assert not may_have_created(connection(httpx2.PoolTimeout("pool"), anthropic.APITimeoutError))
+    codes = (400, 401, 404, 409, 413, 429, 500, 502, 503, 504, 529)
+    assert [code for code in codes if may_have_created(status(code))] == [500, 502, 503, 504]
+
+
 SNAPSHOT = "claude-sonnet-5-5-20261120"  # a dated id the price table does not list
 
 

@@ -10,6 +10,12 @@ Batch API price. Once every result is checkpointed the Message Batch is deleted 
 Anthropic (`delete_batch`), so its prompts and results are not kept there longer than
 needed. A cancel of the job cancels the Message Batch (`cancel_batch`).
 
+The create is sent once (no SDK retries): the API has no idempotency key for it. When
+its reply is lost after the request may have reached the API (`may_have_created`), a
+batch may be running that the job cannot identify; its worst case is charged to the job
+at once (`record_unconfirmed`) before the job is retried, so repeated lost replies are
+held to the job's cap and the owner's daily budget.
+
 Settings (checked at start-up through ai_jobs.settings):
   AI_JOBS_MAP_BATCH_API_MIN_ITEMS     ai.map_batches jobs with at least this many items
                                       use the Batch API unless their input says
@@ -41,6 +47,9 @@ WAIT_REASON = "claude_batch"
 # a pending job with this step is not cancelled at once but left to a worker, which
 # calls the job type's on_cancel to cancel the batch (migration 20261130000800).
 STEP = "claude-batch"
+# The checkpoint listing creates whose reply was lost after the request may have reached
+# the API (each may have left a batch running that the job cannot see; see submit).
+UNCONFIRMED = "claude-batch-unconfirmed"
 # The API accepts up to 100,000 requests or 256 MB per batch; we stay under both.
 MAX_REQUESTS = 100_000
 MAX_BATCH_BYTES = 250_000_000
@@ -95,17 +104,88 @@ def _classified(exc: Exception) -> Exception:
     return classify(exc)
 
 
-def submit(requests: list[dict[str, Any]]) -> SubmittedBatch:
-    """Create the Message Batch. `requests`: [{"custom_id", "params"}] (Messages API params)."""
+def may_have_created(exc: BaseException) -> bool:
+    """Whether a failed create may have created the Message Batch all the same: the
+    request may have reached the API and only its reply is missing (the connection
+    dropped after it was sent, a read or write timeout, a reply that did not parse) or
+    the API failed while handling it (a 5xx other than 529). A connection that was
+    never made (refused, connect or pool timeout), 429, 529 and the other 4xx: nothing
+    was created. (The same test as calls._reached_api, plus the status codes.)"""
+    import anthropic
+    import httpx2
+
+    if isinstance(exc, anthropic.APIStatusError):
+        return exc.status_code >= 500 and exc.status_code != 529
+    if isinstance(exc, anthropic.APIConnectionError):  # APITimeoutError too
+        return not isinstance(exc.__cause__, (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.PoolTimeout))
+    return isinstance(exc, anthropic.APIResponseValidationError)  # a 2xx reply the SDK could not read
+
+
+def submit(
+    requests: list[dict[str, Any]], *, ctx: JobContext | None = None, worst_case_usd: float | None = None
+) -> SubmittedBatch:
+    """Create the Message Batch. `requests`: [{"custom_id", "params"}] (Messages API params).
+
+    The create is sent once, without the SDK's retries: the API has no idempotency key
+    for it, so a resend after a lost reply would create a second batch. When a failed
+    create may have created the batch anyway (`may_have_created`), that batch, which we
+    cannot identify (no id, and custom_ids only show in the results of an ended batch),
+    runs and bills for up to 24 h: with `ctx`, its worst case (`worst_case_usd`, the
+    bound the spend guard used before the submit) is recorded on the job at once
+    (`record_unconfirmed`), so the job's cap and the owner's daily budget count it. The
+    classified error (retryable) is raised either way."""
     import anthropic
 
     try:
-        batch = _client().messages.batches.create(requests=requests)
+        batch = _client().with_options(max_retries=0).messages.batches.create(requests=requests)
     except anthropic.AnthropicError as exc:
-        raise _classified(exc) from exc
+        failure = _classified(exc)
+        if ctx is not None and may_have_created(exc):
+            model = requests[0]["params"]["model"] if requests else None
+            record_unconfirmed(ctx, requests=len(requests), model=model, worst_case_usd=worst_case_usd,
+                               code=getattr(failure, "code", type(exc).__name__))
+        raise failure from exc
     return SubmittedBatch(
         id=batch.id, custom_ids=[r["custom_id"] for r in requests], submitted_at=batch.created_at,
         model=requests[0]["params"]["model"] if requests else None,
+    )
+
+
+def record_unconfirmed(
+    ctx: JobContext, *, requests: int, model: str | None, worst_case_usd: float | None, code: str
+) -> None:
+    """Charge the job the worst case of a Message Batch whose create may have succeeded
+    unseen, and write it to the row at once (with a `claude-batch-unconfirmed`
+    checkpoint listing such creates): `cost_usd` = the bound, `requests` 0,
+    `estimated: true`, `orphan_batches` 1. A retry's spend guard then counts it, so
+    repeated lost replies end in `budget_exceeded` rather than unrecorded batches. With
+    no bound (an unpriced model) only the count is recorded. Should the write fail, the
+    charge stays on ctx for the runner's failure write."""
+    at = datetime.now(UTC)
+    charge: dict[str, Any] = {"requests": 0, "estimated": True, "orphan_batches": 1}
+    if worst_case_usd is not None:
+        charge["cost_usd"] = worst_case_usd
+        charge["orphan_batch_cost_usd"] = worst_case_usd
+    earlier = ctx.checkpoints.get(UNCONFIRMED)
+    entries = [*(earlier if isinstance(earlier, list) else []), {
+        "at": at.isoformat(), "requests": requests, "model": model, "worst_case_usd": worst_case_usd, "error": code,
+    }]
+    ctx.add_usage(charge)
+    usage = ctx.take_usage()
+    try:
+        ctx.store.checkpoint(ctx.job.id, ctx.worker, UNCONFIRMED, entries, usage=usage)
+        ctx.checkpoints[UNCONFIRMED] = entries
+    except Exception as exc:  # noqa: BLE001 - the runner writes the usage with the failure
+        ctx.add_usage(usage)  # back on ctx (its spent_usd counts it twice: no call follows in this run)
+        log.error("job %s: could not record the worst case of a Message Batch that may exist (%s); it rides on "
+                  "the failure write", ctx.job.id, type(exc).__name__)
+    cost = f"${worst_case_usd:.4f}" if worst_case_usd is not None else "an unpriced amount"
+    log.warning(
+        "job %s: the reply to a Message Batch create was lost (%s) after the request may have reached Anthropic: "
+        "a batch of %d %s requests created about %s may be running and billing for up to 24 h, unseen by the "
+        "job; its worst case, %s, is charged to the job (usage.orphan_batches). Look for it in the Anthropic "
+        "Console to cancel it.",
+        ctx.job.id, code, requests, model, at.strftime("%Y-%m-%d %H:%M:%S UTC"), cost,
     )
 
 

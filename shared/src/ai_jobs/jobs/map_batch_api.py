@@ -3,7 +3,10 @@
 The flow, across wake-ups of one job:
 1. step `claude-batch`: every batch not yet done becomes one request of a single
    Message Batch (custom_id = its step name, `batch-<n>`; same cached prefix as the
-   direct calls, with the 1-hour TTL) and the batch id is checkpointed;
+   direct calls, with the 1-hour TTL) and the batch id is checkpointed. The create is
+   sent once; if its reply is lost after the request may have reached the API, the
+   batch it may have made is charged to the job at its worst case (the bound the spend
+   guard checked) and the job is retried (see batches.submit);
 2. each wake-up asks Anthropic whether the batch has ended; until then the job goes
    back to pending (Deferred, wait_reason `claude_batch`) without holding a worker or
    spending an attempt, and runs again after AI_JOBS_MAP_BATCH_API_POLL_SECONDS. A
@@ -122,15 +125,22 @@ def run(data: MapBatchesInput, ctx: JobContext, ttl: CacheTTL | None) -> None:
     model = data.model or ClaudeSettings.from_env().model
 
     def send() -> SubmittedBatch:
-        from ai_jobs.claude.spend import guard_call, utf8_bytes
+        from ai_jobs.claude.spend import call_cost_bound, guard_call, model_price, utf8_bytes
 
         # Spend control: the whole Message Batch at its worst case (every request
         # writing the cache, all of max_tokens) must fit under the job's cap.
         largest = max(sum(utf8_bytes(item) + 3 for item in batch) for _, batch in open_steps)
-        guard_call(ctx, model, input_bytes=utf8_bytes(data.instructions, data.document) + largest,
+        input_bytes = utf8_bytes(data.instructions, data.document) + largest
+        guard_call(ctx, model, input_bytes=input_bytes,
                    max_tokens=data.max_tokens, calls=len(open_steps), cache_write=True, batch=True)
+        # The same worst case is charged to the job if the create's reply is lost after
+        # the request may have reached the API (the batch may be running unseen).
+        price = model_price(model)
+        worst = None if price is None else len(open_steps) * call_cost_bound(
+            price, input_bytes, data.max_tokens, cache_write=True, batch=True)
         ctx.progress(1, f"Submitting {len(open_steps)} requests as a Claude Message Batch")
-        return submit([_request(data, batch, name, ttl, model) for name, batch in open_steps])
+        return submit([_request(data, batch, name, ttl, model) for name, batch in open_steps],
+                      ctx=ctx, worst_case_usd=worst)
 
     submitted = ctx.step(STEP, send, returns=SubmittedBatch)
     poll_seconds = configured(BatchApiSettings).poll_seconds
