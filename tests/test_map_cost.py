@@ -277,6 +277,39 @@ def test_errors_while_waiting_for_the_batch_spend_no_attempt(pg_store, make_user
     assert job.usage["requests"] == 3 and claude.deleted == [batch.id]
 
 
+def test_a_batch_whose_checkpoint_cannot_be_written_is_cancelled(pg_store, make_user, claude, db, monkeypatch) -> None:
+    """The batch was made but the store failed writing its `claude-batch` step: no run
+    of the job would ever see it, so it is cancelled rather than left to bill; the
+    retry submits a new one."""
+    from ai_jobs.errors import StoreUnavailableError
+
+    monkeypatch.setenv("AI_JOBS_PROMPT_CACHE", "off")
+    claude.polls_until_ended = 1
+    claude.outcomes = {}
+    write = pg_store.checkpoint
+    failed: list[str] = []
+
+    def checkpoint(job_id, worker, step, value, **kwargs):  # type: ignore[no-untyped-def]
+        if step == "claude-batch" and not failed:
+            failed.append(step)
+            raise StoreUnavailableError("the database went away")
+        return write(job_id, worker, step, value, **kwargs)
+
+    monkeypatch.setattr(pg_store, "checkpoint", checkpoint)
+    job_id = enqueue(pg_store, make_user(), items=["a", "b"], batch_size=1, use_batch_api=True)
+    run(pg_store)
+    job = pg_store.get(job_id)
+    [lost] = claude.created
+    assert job.status is JobStatus.PENDING and job.error.code == "store_unavailable" and failed
+    assert ("POST", f"/v1/messages/batches/{lost.id}/cancel") in claude.calls and lost.status == "canceling"
+    assert job.usage == {}  # cancelled before any request ran: nothing charged
+    make_due(db, job_id)
+    run(pg_store)
+    job = pg_store.get(job_id)
+    assert job.status is JobStatus.COMPLETED, job.error
+    assert len(claude.created) == 2 and job.checkpoints["claude-batch"]["id"] == claude.created[1].id
+
+
 def test_an_error_that_fails_the_job_cancels_its_batch(pg_store, make_user, claude, db, monkeypatch) -> None:
     monkeypatch.setenv("AI_JOBS_PROMPT_CACHE", "off")
     claude.polls_until_ended = 100

@@ -229,14 +229,31 @@ def _wait_out(ctx: JobContext, exc: Exception, *, poll_seconds: float, progress:
     raise Deferred(delay, reason=WAIT_REASON, message=message)
 
 
-def _cancel_quietly(ctx: JobContext, submitted: SubmittedBatch) -> None:
-    """A job about to fail for good stops its Message Batch, so it is not billed on."""
+def _cancel_quietly(ctx: JobContext, submitted: SubmittedBatch, why: str = "the job fails") -> bool:
+    """A job about to fail for good stops its Message Batch, so it is not billed on.
+    Whether the cancel was accepted."""
     try:
         _client().messages.batches.cancel(submitted.id)
-        log.warning("job %s: cancelled Message Batch %s as the job fails", ctx.job.id, submitted.id)
+        log.warning("job %s: cancelled Message Batch %s as %s", ctx.job.id, submitted.id, why)
+        return True
     except Exception as exc:  # noqa: BLE001 - best effort; the job fails either way
-        log.error("job %s: could not cancel Message Batch %s as the job fails (%s); it may run and bill for "
-                  "up to 24 h", ctx.job.id, submitted.id, type(exc).__name__)
+        log.error("job %s: could not cancel Message Batch %s as %s (%s); it may run and bill for "
+                  "up to 24 h", ctx.job.id, submitted.id, why, type(exc).__name__)
+        return False
+
+
+def abandon(ctx: JobContext, submitted: SubmittedBatch, *, worst_case_usd: float | None) -> None:
+    """A batch was created but its checkpoint could not be written (the store failed,
+    the lease was lost): no run of the job would ever look at it. Cancel it; if that
+    fails too, charge the job its worst case, which the runner writes with the failure
+    when it can (the store may be what failed)."""
+    if _cancel_quietly(ctx, submitted, why="its checkpoint could not be written"):
+        return
+    charge: dict[str, Any] = {"requests": 0, "estimated": True, "orphan_batches": 1}
+    if worst_case_usd is not None:
+        charge["cost_usd"] = worst_case_usd
+        charge["orphan_batch_cost_usd"] = worst_case_usd
+    ctx.add_usage(charge)
 
 
 def wait_until_ended(ctx: JobContext, submitted: SubmittedBatch, *, poll_seconds: float, progress: float) -> None:

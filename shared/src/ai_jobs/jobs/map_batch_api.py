@@ -6,7 +6,8 @@ The flow, across wake-ups of one job:
    direct calls, with the 1-hour TTL) and the batch id is checkpointed. The create is
    sent once; if its reply is lost after the request may have reached the API, the
    batch it may have made is charged to the job at its worst case (the bound the spend
-   guard checked) and the job is retried (see batches.submit);
+   guard checked) and the job is retried (see batches.submit); a batch made whose
+   checkpoint cannot be written is cancelled (batches.abandon);
 2. each wake-up asks Anthropic whether the batch has ended; until then the job goes
    back to pending (Deferred, wait_reason `claude_batch`) without holding a worker or
    spending an attempt, and runs again after AI_JOBS_MAP_BATCH_API_POLL_SECONDS. A
@@ -39,6 +40,7 @@ from ai_jobs.claude.batches import (
     STEP,
     BatchApiSettings,
     SubmittedBatch,
+    abandon,
     cancel_batch,
     delete_batch,
     ended_results,
@@ -123,6 +125,7 @@ def run(data: MapBatchesInput, ctx: JobContext, ttl: CacheTTL | None) -> None:
     if not open_steps or (STEP in ctx.checkpoints and COLLECTED in ctx.checkpoints):
         return
     model = data.model or ClaudeSettings.from_env().model
+    made: list[tuple[SubmittedBatch, float | None]] = []  # the batch send() created, and its worst case
 
     def send() -> SubmittedBatch:
         from ai_jobs.claude.spend import call_cost_bound, guard_call, model_price, utf8_bytes
@@ -139,10 +142,17 @@ def run(data: MapBatchesInput, ctx: JobContext, ttl: CacheTTL | None) -> None:
         worst = None if price is None else len(open_steps) * call_cost_bound(
             price, input_bytes, data.max_tokens, cache_write=True, batch=True)
         ctx.progress(1, f"Submitting {len(open_steps)} requests as a Claude Message Batch")
-        return submit([_request(data, batch, name, ttl, model) for name, batch in open_steps],
-                      ctx=ctx, worst_case_usd=worst)
+        created = submit([_request(data, batch, name, ttl, model) for name, batch in open_steps],
+                         ctx=ctx, worst_case_usd=worst)
+        made.append((created, worst))
+        return created
 
-    submitted = ctx.step(STEP, send, returns=SubmittedBatch)
+    try:
+        submitted = ctx.step(STEP, send, returns=SubmittedBatch)
+    except BaseException:
+        if made and STEP not in ctx.checkpoints:  # created, but its checkpoint was not written
+            abandon(ctx, made[0][0], worst_case_usd=made[0][1])
+        raise
     poll_seconds = configured(BatchApiSettings).poll_seconds
     wait_until_ended(ctx, submitted, poll_seconds=poll_seconds, progress=WAITING_PROGRESS)
     found = ended_results(ctx, submitted, poll_seconds=poll_seconds, progress=WAITING_PROGRESS)
