@@ -103,6 +103,31 @@ def test_legacy_hs256_secret() -> None:
         verifier.verify(jwt.encode(claims(), RSA_KEY, algorithm="RS256", headers={"kid": "rsa-1"}))
 
 
+def test_expiry_has_no_leeway_but_nbf_and_iat_allow_clock_skew() -> None:
+    """`exp` is final to the second (`ai-jobs token --ttl 1` is refused 2 s later);
+    only `nbf`/`iat` may be up to CLOCK_SKEW_SECONDS ahead (the issuer's clock)."""
+    from ai_jobs.http.auth import CLOCK_SKEW_SECONDS
+
+    secret = "legacy-jwt-secret-with-enough-length-000"
+    verifier = TokenVerifier(jwt_secret=secret)
+    now = int(time.time())
+    for expired in (now - 1, now - CLOCK_SKEW_SECONDS + 1, now):
+        with pytest.raises(Problem) as err:
+            verifier.verify(jwt.encode(claims(exp=expired), secret, algorithm="HS256"))
+        assert err.value.status == 401 and "expired" in err.value.detail
+    for ahead in ({"nbf": now + 10}, {"iat": now + 10}, {"nbf": now + 10, "iat": now + 10}):
+        c = claims(**ahead)
+        assert str(verifier.verify(jwt.encode(c, secret, algorithm="HS256")).user_id) == c["sub"]
+    for too_far in ({"nbf": now + CLOCK_SKEW_SECONDS + 30}, {"iat": now + CLOCK_SKEW_SECONDS + 30}):
+        with pytest.raises(Problem) as err:
+            verifier.verify(jwt.encode(claims(**too_far), secret, algorithm="HS256"))
+        assert err.value.status == 401 and "not valid yet" in err.value.detail
+    for bad in ("soon", None, True):
+        with pytest.raises(Problem) as err:
+            verifier.verify(jwt.encode(claims(exp=bad), secret, algorithm="HS256"))
+        assert err.value.status == 401
+
+
 def test_require_secret_is_strict() -> None:
     require_secret("Bearer s3cret", "s3cret", "WORKER_SECRET")
     for header in (None, "", "Bearer", "Bearer wrong", "Basic s3cret", "s3cret"):

@@ -163,6 +163,8 @@ def test_other_users_get_404_everywhere(alice: httpx.Client, bob: httpx.Client) 
     "token",
     [
         pytest.param(lambda u: user_token(u, exp=int(time.time()) - 3600), id="expired"),
+        pytest.param(lambda u: user_token(u, exp=int(time.time()) - 1), id="expired-1s-ago"),  # no leeway on exp
+        pytest.param(lambda u: user_token(u, nbf=int(time.time()) + 90), id="not-valid-yet"),
         pytest.param(lambda u: user_token(u, _secret="another-secret-that-is-long-enough-123"), id="wrong-signature"),
         pytest.param(lambda u: jwt.encode({"sub": str(u), "role": "authenticated", "aud": "authenticated",
                                            "exp": int(time.time()) + 600}, None, algorithm="none"), id="alg-none"),
@@ -183,6 +185,14 @@ def test_bad_tokens_get_401(server: ApiServer, make_user, token) -> None:
             assert r.status_code == 401, (method, path, r.text)
             assert r.headers["content-type"] == "application/problem+json"
             assert r.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_nbf_and_iat_may_be_a_little_ahead(server: ApiServer, make_user) -> None:
+    """The issuer's clock may run up to 30 s ahead of ours: nbf/iat 10 s in the future pass."""
+    ahead = int(time.time()) + 10
+    with server.client(user_token(make_user(), nbf=ahead, iat=ahead)) as client:
+        r = client.get("/api/jobs")
+        assert r.status_code == 200, r.text
 
 
 @pytest.mark.parametrize(

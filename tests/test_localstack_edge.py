@@ -358,6 +358,30 @@ def test_an_expired_token_gets_a_system_error_then_phx_close(edge: SupabaseEdge,
     assert reply["status"] == "error" and "Token has expired" in reply["response"]["reason"]
 
 
+def test_token_times_are_checked_as_the_api_checks_them() -> None:
+    """The edge and the API's TokenVerifier agree: `exp` has no leeway, `nbf`/`iat`
+    may be up to 30 s ahead (the issuer's clock)."""
+    import time
+
+    import jwt
+
+    from ai_jobs.localstack.edge import TokenError, verify_token
+
+    now = int(time.time())
+
+    def token(**claims: int) -> str:
+        return jwt.encode({"sub": str(uuid.uuid4()), "role": "authenticated", "exp": now + 60, **claims}, SECRET,
+                          algorithm="HS256")
+
+    with pytest.raises(TokenError) as err:
+        verify_token(token(exp=now - 1), SECRET)
+    assert err.value.expired
+    assert verify_token(token(nbf=now + 10, iat=now + 10), SECRET)["role"] == "authenticated"
+    for too_far in ({"nbf": now + 90}, {"iat": now + 90}):
+        with pytest.raises(TokenError):
+            verify_token(token(**too_far), SECRET)
+
+
 def test_a_bad_apikey_is_refused_and_leave_is_answered(edge: SupabaseEdge, feed_db: str) -> None:
     owner = add_user(feed_db)
     job = _job(feed_db, owner)

@@ -3,6 +3,9 @@ JWKS (the key set cached for AI_JOBS_JWKS_CACHE_SECONDS, so a key removed from
 it stops working within that time) or the legacy HS256 JWT secret. No network
 round trip per request; the token's `alg` must match its key, and expiry,
 audience, role and (unless allowed) Supabase anonymous sign-ins are checked.
+Expiry has no grace: a token is refused from its `exp` second on, as `ai-jobs token
+--ttl` promises. Only `nbf` and `iat` may lie up to CLOCK_SKEW_SECONDS in the
+future (the issuer's clock ahead of ours).
 
 PyJWT (and the `cryptography` it loads for asymmetric keys) is imported when a
 verifier is built, on the first authenticated request, not when the app is."""
@@ -10,6 +13,8 @@ verifier is built, on the first authenticated request, not when the app is."""
 from __future__ import annotations
 
 import hmac
+import math
+import time
 from typing import Any
 from uuid import UUID
 
@@ -22,6 +27,10 @@ SYMMETRIC_ALGORITHMS = ("HS256",)
 # An unknown `kid` refetches the key set at most this often (and never more often
 # than the cache lifetime), so random kids cannot make us hammer the JWKS endpoint.
 JWKS_REFETCH_SECONDS = 30.0
+# How far in the future a token's `nbf` and `iat` may be (PostgREST's allowedSkewSeconds,
+# which PostgREST also grants past `exp`; we do not: a token expires when it says).
+# The local Supabase edge uses the same value.
+CLOCK_SKEW_SECONDS = 30
 
 
 class Principal(BaseModel):
@@ -55,7 +64,7 @@ class TokenVerifier:
         jwks_url: str | None = None,
         audience: str = "authenticated",
         issuer: str | None = None,
-        leeway_seconds: int = 30,
+        clock_skew_seconds: int = CLOCK_SKEW_SECONDS,
         jwks_cache_seconds: float = 600,
         jwks_timeout_seconds: float = 2.5,
         jwks_refetch_seconds: float = JWKS_REFETCH_SECONDS,
@@ -78,7 +87,7 @@ class TokenVerifier:
         ) if jwks_url else None
         self.audience = audience
         self.issuer = issuer
-        self.leeway = leeway_seconds
+        self.clock_skew = clock_skew_seconds
         self.allow_anonymous = allow_anonymous
 
     def _signing_key(self, token: str, alg: str) -> Any:
@@ -117,23 +126,26 @@ class TokenVerifier:
         else:
             raise unauthorized(f"unsupported token algorithm {alg!r}")
         try:
+            # PyJWT's leeway would apply to exp as well: it covers nbf/iat here, and exp
+            # is checked below with none.
             claims = jwt.decode(
                 token,
                 key,
                 algorithms=[alg],
                 audience=self.audience,
                 issuer=self.issuer,
-                leeway=self.leeway,
-                options={"require": ["exp", "sub", "aud"]},
+                leeway=self.clock_skew,
+                options={"require": ["exp", "sub", "aud"], "verify_exp": False},
             )
-        except jwt.ExpiredSignatureError:
-            raise unauthorized("access token expired; refresh the session") from None
+        except jwt.ImmatureSignatureError as exc:
+            raise unauthorized(f"access token not valid yet: {exc}") from None
         except jwt.InvalidAudienceError:
             raise unauthorized(f"access token audience must be {self.audience!r}") from None
         except jwt.PyJWTError as exc:
             raise unauthorized(f"invalid access token: {exc}") from None
         except (TypeError, ValueError) as exc:  # a key PyJWT cannot use for this token: still the token's fault
             raise unauthorized(f"invalid access token: {type(exc).__name__}") from None
+        check_expiry(claims)
         if claims.get("role") != "authenticated":
             raise unauthorized("access token must belong to a signed-in user (role 'authenticated')")
         if claims.get("is_anonymous") is True and not self.allow_anonymous:
@@ -145,6 +157,15 @@ class TokenVerifier:
         except ValueError:
             raise unauthorized("access token subject is not a user id") from None
         return Principal(user_id=user_id, role=claims["role"], claims=claims)
+
+
+def check_expiry(claims: dict[str, Any], now: float | None = None) -> None:
+    """Refuse a token whose `exp` (a JSON number of seconds) is now or past: no leeway."""
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)) or not math.isfinite(exp):
+        raise unauthorized("invalid access token: exp must be a number of seconds")
+    if exp <= (time.time() if now is None else now):
+        raise unauthorized("access token expired; refresh the session")
 
 
 def require_secret(authorization: str | None, secret: str | None, name: str) -> None:

@@ -92,7 +92,8 @@ USER = [{"bearerAuth": []}]
 
 # The problems user endpoints share.
 UNAUTHORIZED = _problem(401, "missing, malformed, expired or wrong access token (including an `alg` that does not "
-                             "match its key)", ["unauthorized"], WWW_AUTHENTICATE)
+                             "match its key); expiry has no leeway (refused from its `exp` second on), only "
+                             "`nbf`/`iat` may be up to 30 s ahead (clock skew)", ["unauthorized"], WWW_AUTHENTICATE)
 ANONYMOUS = _problem(403, "a Supabase anonymous user (`is_anonymous: true`) while AI_JOBS_ALLOW_ANONYMOUS is off",
                      ["anonymous_not_allowed"])
 HEADERS_TOO_LARGE = _problem(

@@ -131,6 +131,7 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 from psycopg_pool import AsyncConnectionPool
 
+from ai_jobs.http.auth import CLOCK_SKEW_SECONDS
 from ai_jobs.localstack.feed import BROADCAST_CHANNEL, CHANNEL, KEEP, SCHEMA
 
 log = logging.getLogger("ai_jobs.localstack")
@@ -158,11 +159,14 @@ class TokenError(Exception):
 
 def verify_token(token: str | None, secret: str) -> dict[str, Any]:
     """Claims of an HS256 token signed with the dev secret. Realtime requires
-    ``role`` and ``exp`` (``realtime_channel.ex``); the audience is not checked."""
+    ``role`` and ``exp`` (``realtime_channel.ex``); the audience is not checked.
+    As the API's TokenVerifier: ``exp`` with no leeway (refused from its second on),
+    ``nbf``/``iat`` up to CLOCK_SKEW_SECONDS in the future."""
     if not token:
         raise TokenError("JWT is missing")
     try:
-        claims = jwt.decode(token, secret, algorithms=["HS256"], options={"verify_aud": False, "verify_exp": False})
+        claims = jwt.decode(token, secret, algorithms=["HS256"], leeway=CLOCK_SKEW_SECONDS,
+                            options={"verify_aud": False, "verify_exp": False})
     except jwt.PyJWTError as exc:
         raise TokenError(f"Failed to validate JWT signature: {exc}") from None
     if not isinstance(claims, dict) or "role" not in claims or not isinstance(claims.get("exp"), int):
