@@ -204,6 +204,25 @@ def test_extract_rejects_an_invalid_schema_before_enqueue() -> None:
     assert "not a valid JSON Schema" in str(err.value.errors)
 
 
+def test_extract_schema_size_is_counted_in_characters_of_compact_json() -> None:
+    """README: at most 64,000 characters of JSON. An "é" is one character (not its
+    6-character \\u escape) and separators add no spaces."""
+    from ai_jobs.jobs.ai import MAX_SCHEMA_CHARS
+    from ai_jobs.registry import InputValidationError
+
+    registry = load_job_modules()
+    accented = {"type": "object", "description": "é" * 11_000}
+    registry.new_job(UUID(int=1), "ai.extract", {"text": "x", "schema": accented})
+    wide = {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(2_400)}}
+    compact = len(json.dumps(wide, ensure_ascii=False, separators=(",", ":")))
+    assert compact <= MAX_SCHEMA_CHARS < len(json.dumps(wide))
+    registry.new_job(UUID(int=1), "ai.extract", {"text": "x", "schema": wide})
+    over = {"type": "object", "description": "é" * MAX_SCHEMA_CHARS}
+    with pytest.raises(InputValidationError) as err:
+        registry.new_job(UUID(int=1), "ai.extract", {"text": "x", "schema": over})
+    assert f"larger than {MAX_SCHEMA_CHARS} characters" in str(err.value.errors)
+
+
 def test_map_batches_checkpoints_each_batch_and_sums_usage(pg_store, make_user, api) -> None:
     def reply(request):  # type: ignore[no-untyped-def]
         content = json.loads(request.content)["messages"][0]["content"]

@@ -67,7 +67,9 @@ def check_user_schema(schema: dict[str, Any]) -> None:
     """Raise ValueError unless `schema` is a bounded, self-contained JSON Schema."""
     from jsonschema import validators
 
-    if len(json.dumps(schema)) > MAX_SCHEMA_CHARS:
+    # Characters of compact JSON as written: "é" is one character, not a 6-character \u
+    # escape, and no separator spaces.
+    if len(json.dumps(schema, ensure_ascii=False, separators=(",", ":"))) > MAX_SCHEMA_CHARS:
         raise ValueError(f"schema is larger than {MAX_SCHEMA_CHARS} characters of JSON")
     if _json_depth(schema) > MAX_SCHEMA_DEPTH:
         raise ValueError(f"schema is nested deeper than {MAX_SCHEMA_DEPTH} levels")
