@@ -406,3 +406,44 @@ def test_effort_defaults_per_type_and_can_be_raised(pg_store, make_user, fake, j
 def test_effort_outside_low_medium_high_is_rejected_at_enqueue() -> None:
     with pytest.raises(InputValidationError):
         load_job_modules().new_job(UUID(int=1), "ai.generate", {"prompt": "x", "effort": "max"})
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("AI_JOBS_CLAUDE_MAX_RETRIES", "3", "less than or equal to 2"),
+    ("AI_JOBS_CLAUDE_MAX_RETRIES", "-1", "greater than or equal to 0"),
+    ("AI_JOBS_CLAUDE_TIMEOUT", "0", "greater than 0"),
+    ("AI_JOBS_CLAUDE_TIMEOUT", "soon", "valid number"),
+    ("AI_JOBS_CLAUDE_TOKENS_PER_SECOND", "0", "greater than 0"),
+    ("AI_JOBS_CLAUDE_TOKENS_PER_SECOND", "20000", "less than or equal to 10000"),
+])
+def test_a_bad_claude_client_setting_is_a_start_up_error(name: str, value: str, says: str) -> None:
+    """Not a `claude_config` failure of every ai.* job later: the settings refuse it."""
+    from ai_jobs.settings import Settings
+
+    with pytest.raises(ValueError) as err:
+        Settings.from_env({name: value})
+    assert name in str(err.value) and says in str(err.value)
+
+
+def test_claude_client_settings_at_their_bounds_start() -> None:
+    from ai_jobs.settings import Settings
+
+    Settings.from_env({"AI_JOBS_CLAUDE_MAX_RETRIES": "2", "AI_JOBS_CLAUDE_TIMEOUT": "0.5",
+                       "AI_JOBS_CLAUDE_TOKENS_PER_SECOND": "10000"})
+    Settings.from_env({"AI_JOBS_CLAUDE_MAX_RETRIES": "0", "AI_JOBS_CLAUDE_TOKENS_PER_SECOND": "0.1"})
+
+
+def test_the_cli_refuses_to_start_with_a_bad_claude_client_setting(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "AI_JOBS_CLAUDE_MAX_RETRIES": "3", "AI_JOBS_DATA_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "ai_jobs.cli", "worker", "--once"], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr == ("ai-jobs: invalid configuration: AI_JOBS_CLAUDE_MAX_RETRIES: Input should be less than "
+                          "or equal to 2, got '3'\n")

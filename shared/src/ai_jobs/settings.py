@@ -4,22 +4,43 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ai_jobs.alerts import AlertSettings
 from ai_jobs.claude.batches import BatchApiSettings
 from ai_jobs.claude.caching import PromptCacheSettings
 from ai_jobs.claude.pricing import ModelPrice, parse_overrides
 from ai_jobs.claude.ratelimits import RateLimits
+from ai_jobs.claude.settings import ClaudeSettings
 from ai_jobs.claude.spend import SpendSettings
 from ai_jobs.schedules import ScheduleSettings
 from ai_jobs.workflows import WorkflowSettings
 
 StoreKind = Literal["auto", "postgres", "supabase", "embedded"]
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s@]+")
+# The Claude client's bounded settings (ClaudeSettings fields), which workers read at
+# each call (ClaudeSettings.from_env, the same variables).
+CLAUDE_CLIENT_VARIABLES = {
+    "timeout_seconds": "AI_JOBS_CLAUDE_TIMEOUT",
+    "max_retries": "AI_JOBS_CLAUDE_MAX_RETRIES",
+    "tokens_per_second": "AI_JOBS_CLAUDE_TOKENS_PER_SECOND",
+}
+
+
+def check_claude_settings(environ: Mapping[str, str]) -> None:
+    """A malformed or out-of-range AI_JOBS_CLAUDE_* value stops start-up (ValueError
+    naming the variable) instead of failing every ai.* job with `claude_config`."""
+    values = {field: environ[name] for field, name in CLAUDE_CLIENT_VARIABLES.items() if environ.get(name)}
+    try:
+        ClaudeSettings.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(f"{CLAUDE_CLIENT_VARIABLES.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}, "
+                             f"got {e['input']!r}" for e in exc.errors())
+        raise ValueError(problems) from None
 
 
 class Settings(BaseModel):
@@ -196,6 +217,7 @@ class Settings(BaseModel):
         values["spend"] = SpendSettings.from_env(env)
         values["schedules"] = ScheduleSettings.from_env(env)
         values["workflows"] = WorkflowSettings.from_env(env)
+        check_claude_settings(env)
         return cls.model_validate(values)
 
     def resolved_store(self) -> Literal["postgres", "supabase", "embedded"]:
