@@ -113,6 +113,37 @@ def test_enqueue_refuses_out_of_range_flags_before_anything(database_url: str, d
     assert row == (1000, "o" * 200, "decision:123")
 
 
+def test_enqueue_refuses_a_bad_input_or_job_before_writing_anything(database_url: str,
+                                                                    db: psycopg.Connection) -> None:
+    """--input that is not a JSON object is a usage error (usage, one line, exit 2);
+    a job the queue refuses (unknown type, invalid input) is exit 1 with the problems.
+    Either way nothing is written: the owner used to be created before the job was
+    checked."""
+    env = {**os.environ, "DATABASE_URL": database_url, "AI_JOBS_STORE": "postgres"}
+    cases = [
+        ("nope", "not valid JSON (Expecting value: line 1 column 1 (char 0))"),
+        ("[1]", "must be a JSON object, got an array"),
+        ("null", "must be a JSON object, got null"),
+        ('{"steps": NaN}', "not valid JSON (NaN is not JSON)"),
+    ]
+    for value, message in cases:
+        out = run(["enqueue", "example.countdown", "--user", "fresh@example.com", "--input", value], env)
+        assert refusal(out) == (2, f"ai-jobs enqueue: error: argument --input: {message}", ""), value
+        assert out.stderr.startswith("usage: ai-jobs enqueue "), out.stderr
+    invalid = run(["enqueue", "example.countdown", "--user", "fresh@example.com", "--input", '{"steps": 0}'], env)
+    assert (invalid.returncode, invalid.stdout) == (1, "")
+    assert "invalid input for job type 'example.countdown'" in invalid.stderr and "steps" in invalid.stderr
+    unknown = run(["enqueue", "no.such_type", "--user", "fresh@example.com"], env)
+    assert (unknown.returncode, unknown.stdout) == (1, "") and "no.such_type" in unknown.stderr
+    assert "Traceback" not in invalid.stderr + unknown.stderr
+    assert db.execute("select count(*) from auth.users").fetchone()[0] == 0, "the owner was created"
+    assert db.execute("select count(*) from public.ai_jobs").fetchone()[0] == 0
+    fine = run(["enqueue", "example.countdown", "--user", "fresh@example.com", "--input", '{"steps": 1}'], env)
+    assert fine.returncode == 0 and fine.stdout.startswith("enqueued "), fine.stderr
+    owner = db.execute("select u.email from public.ai_jobs j join auth.users u on u.id = j.user_id").fetchone()
+    assert owner == ("fresh@example.com",)
+
+
 def test_a_validation_error_is_one_line_per_problem(monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     """Whatever pydantic refuses inside a command: a line per problem and exit 1
@@ -148,10 +179,13 @@ def test_worker_refuses_out_of_range_flags_at_start(database_url: str, db: psyco
     ]
     outcomes = [refusal(run(["worker", "--once", *flags], env)) for flags, _ in cases]
     assert outcomes == [(2, f"ai-jobs worker: error: {message}", "") for _, message in cases]
-    for concurrency in ("0", "5"):
+    # --concurrency too, the bound AI_JOBS_POOL_MAX_SIZE sets included: usage, then the line
+    for concurrency, message in (("0", "Input should be greater than or equal to 1, got '0'"),
+                                 ("101", "Input should be less than or equal to 100, got '101'"),
+                                 ("5", "Input should be at most AI_JOBS_POOL_MAX_SIZE (4), got '5'")):
         out = run(["worker", "--once", "--concurrency", concurrency], env)
-        assert (out.returncode, out.stderr, out.stdout) == (
-            2, f"ai-jobs: --concurrency must be between 1 and AI_JOBS_POOL_MAX_SIZE (4), got {concurrency}\n", "")
+        assert refusal(out) == (2, f"ai-jobs worker: error: argument --concurrency: {message}", "")
+        assert out.stderr.startswith("usage: ai-jobs worker "), out.stderr
     edges = run(["worker", "--once", "--lease-seconds", "3600", "--poll-interval", "3600", "--batch", "1000",
                  "--concurrency", "4"], env)
     assert edges.returncode == 0 and edges.stdout.startswith("worker "), edges.stderr

@@ -364,11 +364,11 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from ai_jobs.runner import Runner
     from ai_jobs.store import open_store
 
-    # The other flags were checked when parsed; this bound is a setting.
-    if args.concurrency < 1 or args.concurrency > settings.pool_max_size:
-        print(f"ai-jobs: --concurrency must be between 1 and AI_JOBS_POOL_MAX_SIZE ({settings.pool_max_size}), "
-              f"got {args.concurrency}", file=sys.stderr)
-        return 2
+    # The flags were checked when parsed; this bound is a setting: a usage error too
+    # (usage, one line naming the flag, exit 2), before any database is opened.
+    if args.concurrency > settings.pool_max_size:
+        args.parser.error(f"argument --concurrency: Input should be at most AI_JOBS_POOL_MAX_SIZE "
+                          f"({settings.pool_max_size}), got '{args.concurrency}'")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     registry = load_job_modules()
     stop = _stop_on_signals()
@@ -611,22 +611,18 @@ def _hand_off(settings: Settings, job_id: uuid.UUID) -> None:
 
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
-    from ai_jobs.service import submit_job
+    from ai_jobs.service import build_job
     from ai_jobs.store import open_store
 
-    try:
-        payload = json.loads(args.input)
-    except ValueError as exc:
-        print(f"ai-jobs: --input is not valid JSON: {exc}", file=sys.stderr)
-        return 2
-    if not isinstance(payload, dict):
-        print("ai-jobs: --input must be a JSON object", file=sys.stderr)
-        return 2
+    # The type, input and spend limits are checked (as submit_job does) before a database
+    # is opened or the owner looked up or created: a job the queue refuses writes nothing,
+    # not even the user. The owner is filled in once known.
+    new_job = build_job(uuid.UUID(int=0), args.type, args.input, settings=settings, priority=args.priority,
+                        org_id=args.org, concurrency_key=args.concurrency_key)
     settings = _local(settings)
-    user_id = _owner(settings, args.user)
+    new_job = new_job.model_copy(update={"user_id": _owner(settings, args.user)})
     with open_store(settings) as store:
-        result = submit_job(store, user_id, args.type, payload, settings=settings, priority=args.priority,
-                            org_id=args.org, concurrency_key=args.concurrency_key)
+        result = store.enqueue(new_job)
         print(f"{'enqueued' if result.created else 'existing'} {result.job.id}", flush=True)
         if result.created:
             _hand_off(settings, result.job.id)
@@ -829,6 +825,22 @@ def _problems(exc: Exception) -> list[str]:
     return [json.dumps(errors, indent=2, default=str)] if errors else []
 
 
+def _json_object(value: str) -> dict[str, Any]:
+    """enqueue's --input: a JSON object (NaN and Infinity are not JSON, as for the API)."""
+
+    def refuse(constant: str) -> Any:
+        raise ValueError(f"{constant} is not JSON")
+
+    try:
+        payload = json.loads(value, parse_constant=refuse)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    if not isinstance(payload, dict):
+        kinds = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {kinds.get(type(payload), 'null')}")
+    return payload
+
+
 def _job_id(value: str) -> uuid.UUID:
     """watch's and cancel's JOB_ID: a UUID, as `ai-jobs enqueue` prints it."""
     try:
@@ -885,10 +897,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="exit when no job is due")
     p.add_argument("--batch", type=_checked(Annotated[int, Field(ge=1, le=MAX_CLAIM_LIMIT)]), default=1,
                    help=f"jobs claimed per round trip, 1-{MAX_CLAIM_LIMIT} (short jobs: 10-50)")
-    p.add_argument("--concurrency", type=int, default=1,
+    p.add_argument("--concurrency", type=_field(Settings, "pool_max_size"), default=1,
                    help="loops in this process, each running one job (or batch) at a time (default 1; "
                         "at most AI_JOBS_POOL_MAX_SIZE)")
-    p.set_defaults(func=cmd_worker)
+    p.set_defaults(func=cmd_worker, parser=p)
 
     p = sub.add_parser("sweep", help="reap expired leases, purge old jobs, run due jobs")
     p.add_argument("--budget", type=_checked(Annotated[float, Field(ge=0, allow_inf_nan=False)]), default=60.0,
@@ -898,7 +910,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("enqueue", help="validate and enqueue a job")
     p.add_argument("type", help="job type, e.g. example.countdown")
-    p.add_argument("--input", default="{}", help="JSON object")
+    p.add_argument("--input", type=_json_object, default="{}", help="JSON object")
     p.add_argument("--user", default="dev@localhost", help="owner: email or user id (dev users are created)")
     # checked against the fields of the enqueue request (NewJob) they end up in
     p.add_argument("--priority", type=_field(NewJob, "priority"), default=None,
