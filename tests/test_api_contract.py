@@ -398,6 +398,8 @@ SCENARIOS: list[Scenario] = [
     Scenario("POST", "/api/jobs", 202, "created", lambda w: w.post_json("/api/jobs", countdown(), headers=w.auth()),
              _check_created),
     Scenario("POST", "/api/jobs", 200, "idempotent repeat", _repeat_create, _check_repeat),
+    Scenario("POST", "/api/jobs", 202, "no Content-Type: read as JSON",
+             lambda w: w.client.post("/api/jobs", data=json.dumps(countdown()), headers=w.auth()), _check_created),
     Scenario("POST", "/api/jobs", 400, "malformed JSON",
              lambda w: w.client.post("/api/jobs", data='{"type": ', content_type="application/json", headers=w.auth()),
              _problem_code("invalid_json")),

@@ -133,8 +133,8 @@ MALFORMED_JSON = ["invalid_json", "malformed_body"]
 UNREADABLE = ("a body that cannot be read (malformed chunked encoding, or the connection closing before the "
               "body's end)")
 TOO_LARGE = _problem(413, "request body over the size limit", ["body_too_large"])
-NOT_JSON = _problem(415, "a body sent with a Content-Type other than application/json (or +json)",
-                    ["unsupported_media_type"])
+NOT_JSON = _problem(415, "a body sent with a Content-Type other than application/json (or +json); a body "
+                         "with no Content-Type is read as JSON", ["unsupported_media_type"])
 
 
 def _user_job_operation(summary: str, own: dict[str, dict[str, Any]]) -> dict[str, Any]:
