@@ -128,6 +128,25 @@ def test_expiry_has_no_leeway_but_nbf_and_iat_allow_clock_skew() -> None:
         assert err.value.status == 401
 
 
+def test_a_dev_token_lasts_its_whole_ttl_and_not_after() -> None:
+    """`ai-jobs token --ttl 1`: valid for (at least) 1 s, refused 2 s later. exp used to
+    be int(now) + ttl, so a --ttl 1 token minted late in a second lived milliseconds."""
+    from ai_jobs.devtools import mint_token
+
+    secret = "legacy-jwt-secret-with-enough-length-000"
+    verifier = TokenVerifier(jwt_secret=secret)
+    user = uuid.uuid4()
+    minted_at = time.time()
+    token = mint_token(secret, user, ttl_seconds=1)
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    assert minted_at + 1 <= exp <= minted_at + 2
+    assert verifier.verify(token).user_id == user
+    time.sleep(max(0.0, exp - time.time()) + 0.05)
+    with pytest.raises(Problem) as err:
+        verifier.verify(token)
+    assert err.value.status == 401 and "expired" in err.value.detail
+
+
 def test_require_secret_is_strict() -> None:
     require_secret("Bearer s3cret", "s3cret", "WORKER_SECRET")
     for header in (None, "", "Bearer", "Bearer wrong", "Basic s3cret", "s3cret"):

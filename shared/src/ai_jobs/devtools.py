@@ -8,6 +8,7 @@ verifies a legacy-secret Supabase project's tokens."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import time
@@ -75,13 +76,15 @@ def ensure_user(conninfo: str, who: str) -> uuid.UUID:
 
 def mint_token(jwt_secret: str, user_id: uuid.UUID, *, email: str | None = None, ttl_seconds: int = 7 * 24 * 3600,
                issuer: str | None = None) -> str:
-    now = int(time.time())
+    """A dev access token valid for at least `ttl_seconds` (exp rounded up to the next
+    whole second: expiry has no leeway, so `--ttl 1` must not mean a few milliseconds)."""
+    now = time.time()
     claims = {
         "sub": str(user_id),
         "role": "authenticated",
         "aud": "authenticated",
-        "iat": now,
-        "exp": now + ttl_seconds,
+        "iat": int(now),
+        "exp": math.ceil(now + ttl_seconds),
         "email": email or "",
     }
     if issuer:
