@@ -244,6 +244,57 @@ def test_remote_ref_refused_at_create(api: Client, make_user: Callable[[], uuid.
     assert hits == []
 
 
+def test_schema_patterns_that_cannot_match_in_linear_time_are_refused_at_create(
+        api: Client, make_user: Callable[[], uuid.UUID]) -> None:
+    """Compiled with Python's `re`, a repetition count over its limit raised OverflowError
+    and deep group nesting RecursionError: a 500 from POST /api/jobs and /api/schedules.
+    Every pattern now goes through RE2; what RE2 cannot do in linear time is a 422."""
+    user = make_user()
+    for schema in ({"type": "string", "pattern": "a{4294967296}"},  # RE2 reads an over-long count as literal text
+                   {"type": "object", "patternProperties": {"a{99999999999}": {}}}):
+        for path, body, created in (
+                ("/api/jobs", {"type": "ai.extract", "input": extract_input(schema)}, 202),
+                ("/api/schedules", {"type": "ai.extract", "cron": "@daily", "input": extract_input(schema)}, 201)):
+            assert api.post(path, headers=bearer(user), json=body).status_code == created
+    cases = {
+        "(?=": {"type": "string", "pattern": "^(?=a)a+$"},  # lookahead
+        "longer than": {"type": "string", "pattern": "(" * 600 + ")" * 600},
+        "unevaluatedProperties": {"type": "object", "patternProperties": {"^a": {}}, "unevaluatedProperties": False},
+    }
+    for why, schema in cases.items():
+        for path, body in (("/api/jobs", {"type": "ai.extract", "input": extract_input(schema)}),
+                           ("/api/schedules", {"type": "ai.extract", "cron": "@daily", "input": extract_input(schema)})):
+            problem = assert_problem(api.post(path, headers=bearer(user), json=body), 422, "invalid_input")
+            assert why in problem["errors"][0]["message"], (path, problem)
+    fine = {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{2}-\\d+$"}},
+            "patternProperties": {"^x-": {"type": "integer"}}, "additionalProperties": False}
+    assert api.post("/api/jobs", headers=bearer(user),
+                    json={"type": "ai.extract", "input": extract_input(fine)}).status_code == 202
+
+
+def test_reply_patterns_are_matched_in_linear_time() -> None:
+    """`^(\\w+\\s?)*$` on 60 characters that do not match: Python's `re` backtracks for
+    longer than the universe's age (about 2^60 steps) while holding the GIL, so the
+    worker's heartbeat stopped and the job was reaped and run twice. With RE2 the
+    validation ends, whatever its speed; the semantics of the keywords are kept."""
+    from ai_jobs.jobs.ai import check_user_schema, schema_validator
+
+    schema = {"type": "object", "properties": {"s": {"type": "string", "pattern": "^(\\w+\\s?)*$"}},
+              "patternProperties": {"^(a+)+$": {"type": "integer"}}, "additionalProperties": False}
+    check_user_schema(schema)
+    validator = schema_validator(schema)
+    slow = {"s": "word " * 11 + "an ordinary sentence!", "a" * 40 + "!": 1}
+    found: list[list[str]] = []
+    worker = threading.Thread(target=lambda: found.append(sorted(e.message for e in validator.iter_errors(slow))),
+                              daemon=True)
+    worker.start()
+    worker.join(30)
+    assert found, "matching the reply's patterns did not end"
+    assert any("does not match" in m for m in found[0]) and any("Additional properties" in m for m in found[0])
+    assert list(validator.iter_errors({"s": "two words", "aaa": 3})) == []  # a patternProperties key is not extra
+    assert [e.message for e in validator.iter_errors({"aaa": "x"})] == ["'x' is not of type 'integer'"]
+
+
 @pytest.mark.httpx2(assert_all_called=False)
 def test_a_remote_ref_already_in_the_table_is_never_fetched(pg_store: JobStore, db: psycopg.Connection,
                                                            make_user: Callable[[], uuid.UUID],

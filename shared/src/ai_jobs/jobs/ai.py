@@ -16,6 +16,7 @@ from ai_jobs.claude.batches import MAX_BATCH_BYTES
 from ai_jobs.claude.caching import CacheTTL, PromptCache
 from ai_jobs.claude.spend import ClaudeWork, utf8_bytes
 from ai_jobs.context import JobContext
+from ai_jobs.jobs.schema_regex import check_patterns, linear_time_validator, regex_format_checker
 from ai_jobs.registry import job
 
 MAX_PROMPT_CHARS = 400_000
@@ -82,19 +83,24 @@ def check_user_schema(schema: dict[str, Any]) -> None:
         )
     if not isinstance(schema.get("$schema", ""), str):
         raise ValueError("$schema must be a string (a JSON Schema dialect URI)")
+    check_patterns(schema)  # RE2 (linear time) or a clear refusal, before anything matches with `re`
     cls = validators.validator_for(schema)
     meta_cls = validators.validator_for(cls.META_SCHEMA, default=cls)
-    meta = meta_cls(cls.META_SCHEMA, registry=_no_retrieval(), format_checker=meta_cls.FORMAT_CHECKER)
-    error = next(iter(meta.iter_errors(schema)), None)
+    meta = meta_cls(cls.META_SCHEMA, registry=_no_retrieval(), format_checker=regex_format_checker(meta_cls.FORMAT_CHECKER))
+    try:
+        error = next(iter(meta.iter_errors(schema)), None)
+    except Exception as exc:  # noqa: BLE001 - a schema that breaks the meta-validation is not a valid one
+        raise ValueError(f"not a valid JSON Schema: it could not be checked ({type(exc).__name__})") from None
     if error is not None:
         raise ValueError(f"not a valid JSON Schema: {error.message}")
 
 
 def schema_validator(schema: dict[str, Any]) -> Any:
-    """A jsonschema validator for a user's schema that cannot fetch anything."""
+    """A jsonschema validator for a user's schema that cannot fetch anything and matches
+    its patterns with RE2 (linear time: a pattern cannot hang the worker)."""
     from jsonschema import validators
 
-    return validators.validator_for(schema)(schema, registry=_no_retrieval())
+    return linear_time_validator(validators.validator_for(schema))(schema, registry=_no_retrieval())
 
 
 Effort = Literal["low", "medium", "high"]
