@@ -400,15 +400,10 @@ def test_jobs_without_a_stored_cap_use_the_per_job_setting(pg_store, make_user, 
 
 def test_a_message_batch_over_the_cap_is_not_submitted(pg_store, make_user, claude_env, monkeypatch, db) -> None:
     with ClaudeApiFake() as fake:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
-        registry = load_job_modules()
-        created = submit_job(pg_store, make_user(), "ai.map_batches",
-                             {"document": "The policy.", "items": ["a", "b", "c"], "batch_size": 1,
-                              "use_batch_api": True},
-                             settings=Settings(store="postgres", database_url="unused"), registry=registry)
-        db.execute("update public.ai_jobs set cost_cap_usd = 0.01 where id = %s", (created.job.id,))
+        registry, job_id = _submit_map(pg_store, make_user(), fake, monkeypatch)
+        db.execute("update public.ai_jobs set cost_cap_usd = 0.01 where id = %s", (job_id,))
         Runner(pg_store, registry).run_available()
-        job = pg_store.get(created.job.id)
+        job = pg_store.get(job_id)
         assert job.status is JobStatus.FAILED and job.error.code == "budget_exceeded"
         assert fake.created == [] and "claude-batch" not in job.checkpoints
 
@@ -442,6 +437,16 @@ def _run_due(db: psycopg.Connection, store: PostgresStore, registry: Any, job_id
         Runner(store, registry).run_available()
 
 
+def _submit_map(store: PostgresStore, user: uuid.UUID, fake: ClaudeApiFake,
+                monkeypatch: pytest.MonkeyPatch) -> tuple[Any, uuid.UUID]:
+    """An ai.map_batches job through the Message Batches API, against `fake`."""
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
+    registry = load_job_modules()
+    created = submit_job(store, user, "ai.map_batches", MAP_INPUT,
+                         settings=Settings(store="postgres", database_url="unused"), registry=registry)
+    return registry, created.job.id
+
+
 def test_a_lost_batch_create_reply_charges_the_worst_case_of_the_batch_it_may_have_left(
         pg_store, make_user, claude_env, monkeypatch, db) -> None:
     """The batch is created, then the connection drops before the reply: the API has
@@ -452,11 +457,7 @@ def test_a_lost_batch_create_reply_charges_the_worst_case_of_the_batch_it_may_ha
     bound = _message_batch_bound(MAP_INPUT)
     with ClaudeApiFake() as fake:
         fake.lose_create_replies = 1
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
-        registry = load_job_modules()
-        created = submit_job(pg_store, make_user(), "ai.map_batches", MAP_INPUT,
-                             settings=Settings(store="postgres", database_url="unused"), registry=registry)
-        job_id = created.job.id
+        registry, job_id = _submit_map(pg_store, make_user(), fake, monkeypatch)
         Runner(pg_store, registry).run_available()
         job = pg_store.get(job_id)
         assert len(fake.created) == 1 and fake.lost_create_replies == 1  # not resent by the SDK
@@ -487,11 +488,7 @@ def test_lost_batch_create_replies_are_bounded_by_the_job_cap(pg_store, make_use
     bound = _message_batch_bound(MAP_INPUT)
     with ClaudeApiFake() as fake:
         fake.lose_create_replies = 100
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
-        registry = load_job_modules()
-        created = submit_job(pg_store, make_user(), "ai.map_batches", MAP_INPUT,
-                             settings=Settings(store="postgres", database_url="unused"), registry=registry)
-        job_id = created.job.id
+        registry, job_id = _submit_map(pg_store, make_user(), fake, monkeypatch)
         db.execute("update public.ai_jobs set cost_cap_usd = %s, max_attempts = 10 where id = %s",
                    (round(2.5 * bound, 6), job_id))
         _run_due(db, pg_store, registry, job_id, 8)
@@ -626,17 +623,9 @@ def test_message_batch_replies_naming_a_snapshot_are_priced_as_requested(
         pg_store, make_user, claude_env, monkeypatch, db) -> None:
     with ClaudeApiFake() as fake:
         fake.reply_models[SONNET] = SNAPSHOT
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.url)
-        registry = load_job_modules()
-        created = submit_job(pg_store, make_user(), "ai.map_batches",
-                             {"document": "The policy.", "items": ["a", "b", "c"], "batch_size": 1,
-                              "use_batch_api": True},
-                             settings=Settings(store="postgres", database_url="unused"), registry=registry)
-        for _ in range(6):  # submit, then polls until the batch has ended (each a deferral)
-            db.execute("update public.ai_jobs set run_at = now() where id = %s and status = 'pending'",
-                       (created.job.id,))
-            Runner(pg_store, registry).run_available()
-        job = pg_store.get(created.job.id)
+        registry, job_id = _submit_map(pg_store, make_user(), fake, monkeypatch)
+        _run_due(db, pg_store, registry, job_id, 6)  # submit, then polls until the batch has ended
+        job = pg_store.get(job_id)
         billed = sum(usage_record(SONNET, b.usage)["cost_usd"] for b in fake.billed)
     assert job.status is JobStatus.COMPLETED, job.error
     assert len(fake.billed) == 3 and all(b.batch for b in fake.billed)
@@ -665,6 +654,14 @@ def test_cached_work_on_a_model_without_cache_prices_is_refused(api_factory, mak
     assert api_factory(**env, AI_JOBS_PROMPT_CACHE="off").create(user, "ai.map_batches", several).status_code == 202
 
 
+def _create_and_run(store: PostgresStore, api: Api, user: uuid.UUID, job_type: str, data: dict[str, Any]) -> Any:
+    """Create a job through the HTTP app, run what is due, and return the job."""
+    created = api.create(user, job_type, data)
+    assert created.status_code == 202, created.json
+    Runner(store, load_job_modules()).run_available()
+    return store.get(uuid.UUID(created.json["id"]))
+
+
 def test_an_extract_schema_is_measured_as_create_measured_it(pg_store, make_user, claude_env, monkeypatch,
                                                               database_url) -> None:
     """Non-ASCII text in the schema: create counts it as UTF-8; the in-job guard counted
@@ -674,10 +671,8 @@ def test_an_extract_schema_is_measured_as_create_measured_it(pg_store, make_user
     try:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
         schema = {"type": "object", "properties": {"a": {"type": "string", "description": "\U0001F600" * 5000}}}
-        created = api.create(make_user(), "ai.extract", {"text": "a: x", "schema": schema, "max_tokens": 64})
-        assert created.status_code == 202, created.json
-        Runner(pg_store, load_job_modules()).run_available()
-        job = pg_store.get(uuid.UUID(created.json["id"]))
+        job = _create_and_run(pg_store, api, make_user(), "ai.extract",
+                              {"text": "a: x", "schema": schema, "max_tokens": 64})
     finally:
         server.stop()
         api.close()
@@ -698,10 +693,7 @@ def test_the_bound_counts_us_only_inference(pg_store, make_user, claude_env, mon
         refused = api.create(user, "ai.generate", {"prompt": "Say hello", "max_tokens": 8000})
         body = _problem(refused, 422, "job_cost_too_high")
         assert body["estimated_cost_usd"] > 0.088  # 8,000 output tokens alone: $0.08 x 1.1
-        created = api.create(user, "ai.generate", {"prompt": "Say hello", "max_tokens": 7000})
-        assert created.status_code == 202, created.json
-        Runner(pg_store, load_job_modules()).run_available()
-        job = pg_store.get(uuid.UUID(created.json["id"]))
+        job = _create_and_run(pg_store, api, user, "ai.generate", {"prompt": "Say hello", "max_tokens": 7000})
     finally:
         server.stop()
         api.close()
