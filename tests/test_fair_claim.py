@@ -5,6 +5,7 @@ Runner over its own PostgresStore (its own connections), as worker processes are
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 import uuid
@@ -440,6 +441,97 @@ def test_the_worker_whose_job_ends_claims_the_job_its_limit_held_back(
     finally:
         thread.join(timeout=30)
     assert [(o.job_id, o.kind) for o in outcomes] == [(first.id, "completed"), (second.id, "completed")]
+
+
+def _run_elsewhere(db: psycopg.Connection, job: Job) -> None:
+    """Make `job` running under another worker with a long lease, whatever its limits say."""
+    db.execute("update public.ai_jobs set status = 'running', locked_by = 'elsewhere', attempts = 1, "
+               "lease_expires_at = now() + interval '10 minutes', started_at = now(), wait_reason = null "
+               "where id = %s", (job.id,))
+
+
+def test_a_job_its_limit_holds_back_does_not_block_the_owners_other_jobs(
+    pg_store: PostgresStore, db: psycopg.Connection, make_user
+) -> None:
+    """Every worker claims one job at a time. A claim of 1 used to look at each owner's
+    first due job only: with that job held back by its concurrency key, none of the
+    owner's other jobs started, while the wake-up and the sweep's re-dispatch counted
+    them as claimable and asked for work invocations that each claimed nothing."""
+    user = make_user()
+    for _ in range(2):  # two jobs with key k run elsewhere: k's limit (2) is full
+        _run_elsewhere(db, _limits(pg_store, user_id=user, user_limit=5, concurrency_key="k", key_limit=2))
+    heads = [_limits(pg_store, user_id=user, user_limit=5, concurrency_key="k", key_limit=2) for _ in range(3)]
+    other = _limits(pg_store, user_id=user, user_limit=5, priority=-1)  # last in the owner's order, no key
+    db.execute("update public.ai_jobs set run_at = run_at - interval '2 minutes' where status = 'pending'")
+    assert _work_due(db)
+    assert [j.id for j in pg_store.stale_pending(older_than_seconds=60, job_types=["test.hold"])] == [other.id]
+
+    assert [j.id for j in pg_store.claim("w", limit=1)] == [other.id]
+    assert pg_store.get(heads[0].id).wait_reason == "key_limit"
+    # what is left is held back: no work for the wake-up, no re-dispatch, no claim
+    assert not _work_due(db)
+    assert pg_store.stale_pending(older_than_seconds=60, job_types=["test.hold"]) == []
+    assert pg_store.claim("w", limit=1) == []
+
+    # the same through the worker's fused statement: a job held back by its user limit
+    # (then by its key) in front of one that can run
+    user2 = make_user()
+    first = _limits(pg_store, user_id=user2, user_limit=2, input={"seconds": 0})
+    [running] = pg_store.claim("w2", job_id=first.id)
+    _run_elsewhere(db, _limits(pg_store, user_id=user2, user_limit=9, concurrency_key="k", key_limit=1))
+    held_by_user = _limits(pg_store, user_id=user2, user_limit=2, priority=3)
+    held_by_key = _limits(pg_store, user_id=user2, user_limit=9, concurrency_key="k", key_limit=1, priority=2)
+    free = _limits(pg_store, user_id=user2, user_limit=9, concurrency_key="k2", key_limit=1, priority=1)
+    done, claimed = pg_store.complete_and_claim("w2", [(running.id, {"held": 0}, None)], limit=1)
+    # the finished job freed a slot of user_limit 2: the job behind it takes it
+    assert done == {running.id} and [j.id for j in claimed] == [held_by_user.id]
+    done, claimed = pg_store.complete_and_claim("w2", [(held_by_user.id, {"held": 0}, None)], limit=1)
+    assert [j.id for j in claimed] == [free.id]
+    assert pg_store.get(held_by_key.id).wait_reason == "key_limit"
+
+
+def test_a_claim_reaches_owners_past_its_window_when_the_window_is_all_held_back(
+    pg_store: PostgresStore, db: psycopg.Connection, make_user
+) -> None:
+    """A claim looks at max(8, batch + 2) owners from a random one on. When all of them
+    are held back by their limits, it looks further, at owners with a job it can take,
+    rather than coming back empty while ai_jobs_work_due_v1 calls the work due."""
+    for _ in range(30):  # 30 owners at their limit of 1, each with a job waiting
+        user = make_user()
+        _run_elsewhere(db, _limits(pg_store, user_id=user, user_limit=1))
+        _limits(pg_store, user_id=user, user_limit=1)
+    assert not _work_due(db) and pg_store.claim("w", limit=1) == []
+    for _ in range(6):  # before: each claim found the free job only when its window held it, ~9 in 31
+        free = _limits(pg_store, user_id=make_user(), user_limit=1)
+        assert _work_due(db)
+        assert [j.id for j in pg_store.claim("w", limit=1)] == [free.id]
+        assert not _work_due(db)
+
+
+def test_a_claim_takes_a_job_exactly_when_due_work_and_the_redispatch_say_it_can(
+    pg_store: PostgresStore, db: psycopg.Connection, make_user
+) -> None:
+    """Random mixes of users, organizations, keys and limits, some running elsewhere: a
+    claim of 1 comes back with a job exactly when ai_jobs_work_due_v1 calls something
+    due, and the job is one ai_jobs_stale_pending_v2 would re-dispatch."""
+    rng = random.Random(1130)
+    users = [make_user() for _ in range(3)]
+    for round_ in range(40):
+        db.execute("delete from public.ai_jobs")
+        for n in range(rng.randint(1, 12)):
+            job = _limits(pg_store, user_id=rng.choice(users), org_id=rng.choice([None, "o1", "o2"]),
+                          concurrency_key=rng.choice([None, "k1", "k2"]), priority=rng.randint(-1, 1),
+                          user_limit=rng.choice([None, 1, 2]), org_limit=rng.choice([None, 1, 2]),
+                          key_limit=rng.choice([None, 1]), input={"seconds": 0, "n": n})
+            if rng.random() < 0.4:
+                _run_elsewhere(db, job)
+        db.execute("update public.ai_jobs set run_at = now() - interval '2 minutes' where status = 'pending'")
+        due = _work_due(db)
+        claimable = {j.id for j in pg_store.stale_pending(older_than_seconds=60, limit=100)}
+        assert due == bool(claimable), round_
+        claimed = pg_store.claim("w", limit=1)
+        assert bool(claimed) == due, (round_, claimable)
+        assert {j.id for j in claimed} <= claimable
 
 
 def test_the_sweep_fails_pending_jobs_of_a_type_the_deployment_does_not_register(
