@@ -513,7 +513,8 @@ def test_a_claim_takes_a_job_exactly_when_due_work_and_the_redispatch_say_it_can
 ) -> None:
     """Random mixes of users, organizations, keys and limits, some running elsewhere: a
     claim of 1 comes back with a job exactly when ai_jobs_work_due_v1 calls something
-    due, and the job is one ai_jobs_stale_pending_v2 would re-dispatch."""
+    due (and ai_jobs_next_due_v3 says a job is due now), and the job is one
+    ai_jobs_stale_pending_v2 would re-dispatch."""
     rng = random.Random(1130)
     users = [make_user() for _ in range(3)]
     for round_ in range(40):
@@ -529,6 +530,8 @@ def test_a_claim_takes_a_job_exactly_when_due_work_and_the_redispatch_say_it_can
         due = _work_due(db)
         claimable = {j.id for j in pg_store.stale_pending(older_than_seconds=60, limit=100)}
         assert due == bool(claimable), round_
+        due_in = pg_store.next_due_in()  # an idle invocation's wait
+        assert (due_in is not None and due_in <= 0) == due, round_
         claimed = pg_store.claim("w", limit=1)
         assert bool(claimed) == due, (round_, claimable)
         assert {j.id for j in claimed} <= claimable

@@ -400,3 +400,33 @@ def test_batched_completions_one_write_and_lost_leases_not_completed(pg_store: P
     assert len(stolen) == 1 and kinds[stolen[0]] == "lost"
     assert sorted(kinds.values()) == ["completed"] * 4 + ["lost"]
     assert pg_store.get(stolen[0]).locked_by == "usurper"  # the batch write did not touch it
+
+
+def test_an_idle_invocation_waits_for_another_users_job_past_one_held_back_by_its_limit(
+    pg_store: PostgresStore, make_user, db
+) -> None:
+    """An idle invocation waits for a job due within its budget. One user's due job held
+    back by that user's own full limit used to count as due now for everyone, so every
+    idle invocation gave up after about 2.5 s instead of waiting for another user's job
+    due seconds later (which then waited for the next wake-up or sweep)."""
+    registry = load_job_modules(demo=True)
+    busy, other = make_user(), make_user()
+    countdown = {"steps": 1, "step_seconds": 0}
+    pg_store.enqueue(registry.new_job(busy, "example.countdown", countdown, user_limit=1))
+    [running] = pg_store.claim("someone-elses-worker", lease_seconds=120)  # keeps its lease
+    held = pg_store.enqueue(registry.new_job(busy, "example.countdown", countdown, user_limit=1)).job
+    assert pg_store.next_due_in() is None  # only the held job is pending: nothing to wait for
+    run_at = db.execute("select now() + interval '4 seconds'").fetchone()[0]
+    later = pg_store.enqueue(registry.new_job(other, "example.countdown", countdown, user_limit=1, run_at=run_at)).job
+    assert 3 < pg_store.next_due_in() <= 4
+    assert 3 < pg_store.next_due_in(job_types=["example.countdown"]) <= 4
+    assert pg_store.next_due_in(job_types=["example.other"]) is None
+
+    started = time.monotonic()
+    outcomes = Runner(pg_store, registry).run_available(budget_seconds=20)
+    assert [(o.job_id, o.kind) for o in outcomes] == [(later.id, "completed")]
+    assert 3 < time.monotonic() - started < 15
+    assert pg_store.get(held.id).status is JobStatus.PENDING
+    # once the slot frees, the held job counts again
+    pg_store.complete(running.id, "someone-elses-worker", {})
+    assert pg_store.next_due_in() <= 0

@@ -184,6 +184,19 @@ def test_claim_filters_by_type_and_id(store: JobStore, make_user) -> None:
     assert [j.id for j in store.claim("w", limit=10)] == [b.id]
 
 
+def test_next_due_leaves_out_jobs_a_full_limit_holds_back(store: JobStore, make_user) -> None:
+    user, other = make_user(), make_user()
+    assert store.next_due_in() is None
+    [running] = store.claim("w", job_id=enqueue(store, user, user_limit=1).job.id)
+    enqueue(store, user, user_limit=1)  # due now, but its user's limit is full
+    assert store.next_due_in() is None
+    enqueue(store, other, user_limit=1, run_at=datetime.now(UTC) + timedelta(seconds=30))
+    assert 25 < store.next_due_in() <= 30
+    assert store.next_due_in(job_types=["example.other"]) is None
+    store.complete(running.id, "w", {})
+    assert store.next_due_in() <= 0
+
+
 def test_worker_lifecycle_progress_checkpoint_complete(store: JobStore, make_user) -> None:
     user = make_user()
     job = enqueue(store, user).job

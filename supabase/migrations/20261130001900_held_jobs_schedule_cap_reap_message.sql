@@ -9,6 +9,12 @@
 --    each wake-up called the sweep and the sweep requested work invocations that claimed
 --    nothing. Now a held-back job does not stop the claim from taking the owner's next
 --    job that can run, nor another owner's (details at the function).
+-- 2. ai_jobs_next_due_v3: ai_jobs_next_due_v1 without the jobs whose concurrency limit
+--    is full (ai_jobs_work_due_v1's rule). Before, one user's due job held back by its own
+--    limit made "due now" true for every idle worker invocation, which then gave up after
+--    about 2.5 s instead of waiting for another user's job due seconds later (on a
+--    deployment whose only cron is daily, that job then waited for the next sweep).
+--    ai_jobs_next_due_v1 stays for workers of the previous release.
 -- Idempotent: functions created with "or replace", privileges restated.
 
 -- 1. The claim: a held-back job no longer blocks its owner's other jobs -------------------
@@ -313,7 +319,48 @@ begin
 end
 $$;
 
+-- 2. The idle wait: only for jobs a claim could take ---------------------------------------
+--
+-- Seconds until the earliest pending job of these types (null: any) is due (<= 0: due
+-- now), leaving out jobs a full concurrency limit holds back (as many of the job's
+-- user's, organization's or key's jobs running as the limit allows: the predicate of
+-- ai_jobs_work_due_v1 over ai_jobs_running_by_scope, the claim's own rule), by the
+-- database's clock; null when no such job is pending. A held-back job is started by the
+-- worker whose running job ends, not by an idle invocation waiting for it.
+create or replace function public.ai_jobs_next_due_v3(p_job_types text[] default null)
+returns double precision
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  v_running jsonb;
+  v_at timestamptz;
+begin
+  if not exists (select 1 from public.ai_jobs j
+                 where j.status = 'pending' and (p_job_types is null or j.job_type = any (p_job_types))) then
+    return null;  -- the idle queue: one index probe
+  end if;
+  v_running := public.ai_jobs_running_by_scope();
+  select j.run_at into v_at
+  from public.ai_jobs j
+  where j.status = 'pending'
+    and (p_job_types is null or j.job_type = any (p_job_types))
+    and (j.user_limit is null
+         or coalesce((v_running ->> ('u:' || j.user_id::text))::integer, 0) < j.user_limit)
+    and (j.org_limit is null or j.org_id is null
+         or coalesce((v_running ->> ('o:' || j.org_id))::integer, 0) < j.org_limit)
+    and (j.key_limit is null or j.concurrency_key is null
+         or coalesce((v_running ->> ('k:' || coalesce('o:' || j.org_id, 'u:' || j.user_id::text)
+                                     || ' ' || j.concurrency_key))::integer, 0) < j.key_limit)
+  order by j.run_at
+  limit 1;
+  return extract(epoch from (v_at - now()))::double precision;
+end
+$$;
+
 -- Privileges: service_role only ------------------------------------------------------------
 
 revoke all on function public.ai_jobs_claim_v2(text, integer, integer, text[], uuid) from public, anon, authenticated;
 grant execute on function public.ai_jobs_claim_v2(text, integer, integer, text[], uuid) to service_role;
+revoke all on function public.ai_jobs_next_due_v3(text[]) from public, anon, authenticated;
+grant execute on function public.ai_jobs_next_due_v3(text[]) to service_role;

@@ -196,8 +196,8 @@ class Runner:
         if due_in > 0:
             pause, misses = min(due_in, WAIT_POLL_SECONDS, usable), 0
         else:
-            # due now but not claimable: a concurrent claim holds it, or its concurrency
-            # limit is full (the worker whose job ends claims next); back off, then leave
+            # due now but not claimed: a concurrent claim holds it (a job its full
+            # concurrency limit holds back is not counted as due at all); back off, then leave
             if due_misses >= DUE_BUT_UNCLAIMABLE_RETRIES:
                 return None
             pause, misses = min(WAIT_MIN_SECONDS * 2**due_misses, WAIT_POLL_SECONDS, usable), due_misses + 1

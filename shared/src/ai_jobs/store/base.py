@@ -94,7 +94,9 @@ QUEUE_DEPTH = SqlFunction("ai_jobs_queue_depth_v1")
 STATS_24H = SqlFunction("ai_jobs_stats_24h_v1")
 # v2: names ai_jobs_schedule_wake_v2 in its fixes; a wake job still on ai_jobs_wake_v1 is a problem.
 WAKEUP_STATUS = SqlFunction("ai_jobs_wakeup_status_v2", returns_set=False)
-NEXT_DUE = SqlFunction("ai_jobs_next_due_v1", returns_set=False)
+# v3: leaves out jobs held back by a full concurrency limit (a claim could not take them),
+# so one user's held job does not end an idle invocation's wait for another user's job.
+NEXT_DUE = SqlFunction("ai_jobs_next_due_v3", returns_set=False)
 EVALUATE_ALERTS = SqlFunction("ai_jobs_evaluate_alerts_v1")
 MARK_ALERT_NOTIFIED = SqlFunction("ai_jobs_mark_alert_notified_v1", returns_set=False)
 ALERTS = SqlFunction("ai_jobs_alerts_v1")
@@ -583,7 +585,8 @@ class JobStore(ABC):
 
     def next_due_in(self, *, job_types: Sequence[str] | None = None) -> float | None:
         """Seconds until the earliest pending job of these types is due (<= 0: now),
-        by the database's clock; None when nothing is pending."""
+        by the database's clock, leaving out jobs a full concurrency limit holds back;
+        None when no other job is pending."""
         value = self.call(NEXT_DUE, {"p_job_types": list(job_types) if job_types is not None else None})
         return None if value is None else float(value)
 
