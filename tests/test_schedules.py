@@ -271,6 +271,36 @@ def test_one_schedules_broken_input_does_not_stop_the_others(db: psycopg.Connect
     assert error["code"] == "schedule_job_unbuildable" and "RecursionError" in error["message"] and moved
 
 
+def test_paused_jobs_hold_the_cap_against_schedule_ticks_as_against_the_api(
+    db: psycopg.Connection, pg_store: PostgresStore, make_user, registry: JobRegistry
+) -> None:
+    """The cap counts pending, running and paused jobs (a paused job keeps its place).
+    Ticks used to enqueue through ai_jobs_enqueue_v3, whose cap ignored paused jobs: a user
+    at the cap could pause jobs, let a schedule queue one per tick, then resume them all."""
+    user = make_user()
+    settings = settings_with().model_copy(update={"max_active_per_user": 2})
+    jobs = [pg_store.enqueue(registry.new_job(user, "example.countdown", COUNTDOWN, max_active=2)).job
+            for _ in range(2)]
+    for job in jobs:
+        assert pg_store.pause(job.id, user_id=user).status.value == "paused"
+    schedule = make_schedule(pg_store, user, "* * * * *", next_run_at=utc(2026, 1, 1))
+    report = fire_due_schedules(pg_store, registry, settings)
+    assert (report.fired, report.failed) == (0, 1)
+    row = db.execute("select last_error from public.ai_job_schedules where id = %s", (schedule.id,)).fetchone()
+    assert row[0]["code"] == "AJ001" and "paused" in row[0]["message"]
+    assert scheduled_jobs(db, schedule.id) == []
+    # below the cap the next tick fires, and a replay of a tick still returns its job at the cap
+    pg_store.request_cancel_tree(jobs[0].id, user_id=user)
+    db.execute("update public.ai_job_schedules set next_run_at = %s where id = %s", (utc(2026, 1, 2), schedule.id))
+    assert fire_due_schedules(pg_store, registry, settings).fired == 1
+    [(job_id, _)] = scheduled_jobs(db, schedule.id)
+    tick = utc(2026, 1, 2)
+    db.execute("update public.ai_job_schedules set next_run_at = %s where id = %s", (tick, schedule.id))
+    replay = pg_store.fire_schedule(schedule.id, expected_next=tick, new_next=tick + timedelta(minutes=1),
+                                    job={"max_active": 2})
+    assert replay.fired and replay.error is None and not replay.created and str(replay.job_id) == job_id
+
+
 def test_paused_schedule_does_not_fire_and_resume_skips_missed_ticks(
     db: psycopg.Connection, pg_store: PostgresStore, make_user, registry: JobRegistry
 ) -> None:

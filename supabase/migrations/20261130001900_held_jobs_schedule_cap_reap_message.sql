@@ -15,6 +15,11 @@
 --    about 2.5 s instead of waiting for another user's job due seconds later (on a
 --    deployment whose only cron is daily, that job then waited for the next sweep).
 --    ai_jobs_next_due_v1 stays for workers of the previous release.
+-- 3. ai_jobs_fire_schedule_v1 (redefined, same signature and results) enqueues a tick's
+--    job through ai_jobs_enqueue_many_v2, so the tick meets the API's active-job cap:
+--    pending, running or paused jobs (migration 20261130001500). Before it went through
+--    ai_jobs_enqueue_many_v1 -> ai_jobs_enqueue_v3, whose cap ignored paused jobs, so a
+--    user at the cap could pause jobs and let a schedule queue more, then resume them all.
 -- Idempotent: functions created with "or replace", privileges restated.
 
 -- 1. The claim: a held-back job no longer blocks its owner's other jobs -------------------
@@ -358,9 +363,80 @@ begin
 end
 $$;
 
+-- 3. Schedule ticks: the API's active-job cap, paused jobs included ------------------------
+--
+-- 20261130001300's function with ai_jobs_enqueue_many_v2 in place of v1 (each job's cap
+-- counted over pending, running and paused jobs, under the per-user enqueue lock; a
+-- repeated tick's idempotency key still returns its job at the cap). A refused tick is
+-- skipped and kept in last_error, as before.
+create or replace function public.ai_jobs_fire_schedule_v1(
+  p_id uuid,
+  p_expected_next timestamptz,
+  p_new_next timestamptz,
+  p_job jsonb default '{}'::jsonb,
+  p_skip_error jsonb default null
+)
+returns jsonb
+language plpgsql volatile
+set search_path = ''
+as $$
+declare
+  v_s public.ai_job_schedules;
+  v_job jsonb;
+  v_result jsonb;
+  v_state text;
+  v_message text;
+begin
+  if p_new_next is null or p_expected_next is null or p_new_next <= p_expected_next then
+    raise exception using errcode = '22023', message = 'the new tick must be after the expected one';
+  end if;
+  if p_job is not null and jsonb_typeof(p_job) <> 'object' then
+    raise exception using errcode = '22023', message = 'job must be a JSON object';
+  end if;
+  update public.ai_job_schedules s set next_run_at = p_new_next, last_tick_at = p_expected_next
+  where s.id = p_id and s.next_run_at = p_expected_next and not s.paused
+  returning * into v_s;
+  if not found then
+    return jsonb_build_object('fired', false);
+  end if;
+  if p_skip_error is not null then
+    update public.ai_job_schedules s set last_error = jsonb_build_object(
+      'code', p_skip_error ->> 'code', 'message', left(p_skip_error ->> 'message', 1000),
+      'tick', p_expected_next, 'at', now())
+    where s.id = p_id;
+    return jsonb_build_object('fired', true, 'job_id', null, 'created', false, 'error', p_skip_error);
+  end if;
+  v_job := coalesce(p_job, '{}'::jsonb) || jsonb_build_object(
+    'user_id', coalesce(v_s.user_id, v_s.run_as),
+    'job_type', v_s.job_type,
+    'input', v_s.input,
+    'idempotency_key', format('schedule:%s:%s', v_s.id, extract(epoch from p_expected_next)::bigint),
+    'metadata', coalesce(p_job -> 'metadata', '{}'::jsonb) || jsonb_build_object(
+      'schedule_id', v_s.id, 'scheduled_for', p_expected_next));
+  begin
+    v_result := public.ai_jobs_enqueue_many_v2(jsonb_build_array(v_job)) -> 0;  -- v1 before: cap without paused jobs
+  exception when others then
+    get stacked diagnostics v_state = returned_sqlstate, v_message = message_text;
+    update public.ai_job_schedules s set last_error = jsonb_build_object(
+      'code', v_state, 'message', left(v_message, 1000), 'tick', p_expected_next, 'at', now())
+    where s.id = p_id;
+    return jsonb_build_object('fired', true, 'job_id', null, 'created', false,
+                              'error', jsonb_build_object('code', v_state, 'message', left(v_message, 1000)));
+  end;
+  update public.ai_job_schedules s set
+    last_fired_at = now(), last_job_id = (v_result -> 'job' ->> 'id')::uuid, last_error = null
+  where s.id = p_id;
+  return jsonb_build_object('fired', true, 'job_id', v_result -> 'job' -> 'id',
+                            'created', coalesce((v_result ->> 'created')::boolean, false), 'error', null);
+end
+$$;
+
 -- Privileges: service_role only ------------------------------------------------------------
 
 revoke all on function public.ai_jobs_claim_v2(text, integer, integer, text[], uuid) from public, anon, authenticated;
 grant execute on function public.ai_jobs_claim_v2(text, integer, integer, text[], uuid) to service_role;
 revoke all on function public.ai_jobs_next_due_v3(text[]) from public, anon, authenticated;
 grant execute on function public.ai_jobs_next_due_v3(text[]) to service_role;
+revoke all on function public.ai_jobs_fire_schedule_v1(uuid, timestamptz, timestamptz, jsonb, jsonb)
+  from public, anon, authenticated;
+grant execute on function public.ai_jobs_fire_schedule_v1(uuid, timestamptz, timestamptz, jsonb, jsonb) to service_role;
