@@ -217,3 +217,49 @@ def test_advisor_foreign_keys_indexed(db: psycopg.Connection) -> None:
     assert db.execute(
         "select count(*) from pg_constraint where contype = 'f' and conrelid = 'public.ai_jobs'::regclass"
     ).fetchone()[0] == 2
+
+
+def test_a_reaped_jobs_error_does_not_name_the_worker(database_url: str, db: psycopg.Connection,
+                                                      pg_store: PostgresStore, make_user) -> None:
+    """locked_by (worker host names and process ids) is hidden from owners by a column
+    grant and left out of the API's job; the reaper used to copy it into error.message
+    ('worker <locked_by> stopped renewing its lease'), which the owner reads through the
+    API, RLS and Realtime. It now goes to the database's log only."""
+    from ai_jobs.http.app import create_app
+    from ai_jobs.http.services import Services
+    from ai_jobs.registry import load_job_modules
+    from ai_jobs.settings import Settings
+    from tests.conftest import JWT_SECRET, user_token
+
+    worker = "ip-10-0-3-17.internal:48213:9f1c2ab0"
+    user = make_user()
+    jobs = [pg_store.enqueue(NewJob(user_id=user, job_type="example.countdown", max_attempts=m)).job for m in (3, 1)]
+    for job in jobs:
+        pg_store.claim(worker, job_id=job.id)
+    db.execute("update public.ai_jobs set lease_expires_at = now() - interval '1 second' where user_id = %s", (user,))
+    logged: list[str] = []
+    db.add_notice_handler(lambda diag: logged.append(diag.message_primary or ""))
+    db.execute("set client_min_messages = log")  # what the server log gets; clients get nothing by default
+    try:
+        reaped = db.execute("select id, status from public.ai_jobs_reap_v1(10)").fetchall()
+    finally:
+        db.execute("reset client_min_messages")
+    assert sorted(status for _, status in reaped) == ["failed", "pending"]
+
+    messages = {"pending": "the worker stopped renewing its lease (attempt 1 of 3)",
+                "failed": "the worker stopped renewing its lease (attempt 1 of 1)"}
+    with as_role(database_url, "authenticated", user) as conn:  # RLS, as PostgREST and Realtime read it
+        rows = conn.execute("select status, error from public.ai_jobs where user_id = %s", (user,)).fetchall()
+    assert {status: error["message"] for status, error in rows} == messages
+    assert all(error["code"] == "lease_expired" and worker not in str(error) for _, error in rows)
+    services = Services(settings=Settings(store="postgres", database_url=database_url, jwt_secret=JWT_SECRET),
+                        registry=load_job_modules(demo=True))
+    try:
+        client = create_app(services).test_client()
+        for job in jobs:
+            got = client.get(f"/api/jobs/{job.id}", headers={"Authorization": f"Bearer {user_token(user)}"})
+            assert got.status_code == 200 and worker not in got.get_data(as_text=True)
+            assert got.json["error"]["message"] in messages.values()
+    finally:
+        services.close()
+    assert len([m for m in logged if worker in m]) == 2  # operators still learn which worker it was

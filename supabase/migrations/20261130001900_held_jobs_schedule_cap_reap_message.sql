@@ -20,6 +20,11 @@
 --    pending, running or paused jobs (migration 20261130001500). Before it went through
 --    ai_jobs_enqueue_many_v1 -> ai_jobs_enqueue_v3, whose cap ignored paused jobs, so a
 --    user at the cap could pause jobs and let a schedule queue more, then resume them all.
+-- 4. ai_jobs_reap_v1 (redefined, same signature and results): the lease_expired error no
+--    longer names the worker ('the worker stopped renewing its lease (attempt n of m)').
+--    Owners read the error through the API, RLS and Realtime, while locked_by (worker host
+--    names and process ids) is hidden from them by a column grant. The worker id goes to
+--    the database's log instead (RAISE LOG, never sent to the client by default).
 -- Idempotent: functions created with "or replace", privileges restated.
 
 -- 1. The claim: a held-back job no longer blocks its owner's other jobs -------------------
@@ -431,6 +436,57 @@ begin
 end
 $$;
 
+-- 4. Reaping: the owner's error does not name the worker -----------------------------------
+--
+-- 20261122000200's function; the message leaves out locked_by, which is logged instead.
+-- The usual call (every claim) finds nothing expired and pays one index probe, as before.
+create or replace function public.ai_jobs_reap_v1(p_limit integer default 100)
+returns setof public.ai_jobs
+language plpgsql volatile
+set search_path = ''
+as $$
+declare
+  r record;
+begin
+  for r in
+    with expired as (
+      select j.id, j.locked_by,
+        case
+          when j.cancel_requested_at is not null then 'cancelled'
+          when j.attempts >= j.max_attempts then 'failed'
+          else 'pending'
+        end as next_status
+      from public.ai_jobs j
+      where j.status = 'running' and j.lease_expires_at < now()
+      order by j.lease_expires_at
+      limit greatest(coalesce(p_limit, 100), 1)
+      for update skip locked
+    )
+    update public.ai_jobs j set
+      status = e.next_status,
+      locked_by = null,
+      lease_expires_at = null,
+      run_at = case when e.next_status = 'pending' then now() else j.run_at end,
+      finished_at = case when e.next_status = 'pending' then null else now() end,
+      error = case
+        when e.next_status = 'cancelled' then j.error
+        else jsonb_build_object(
+          'code', 'lease_expired',
+          'message', format('the worker stopped renewing its lease (attempt %s of %s)',
+                            j.attempts, j.max_attempts),
+          'retryable', e.next_status = 'pending')
+      end
+    from expired e
+    where j.id = e.id
+    returning j as job, e.locked_by as worker
+  loop
+    raise log 'ai_jobs: job % reaped (now %): worker % stopped renewing its lease (attempt % of %)',
+      (r.job).id, (r.job).status, r.worker, (r.job).attempts, (r.job).max_attempts;
+    return next r.job;
+  end loop;
+end
+$$;
+
 -- Privileges: service_role only ------------------------------------------------------------
 
 revoke all on function public.ai_jobs_claim_v2(text, integer, integer, text[], uuid) from public, anon, authenticated;
@@ -440,3 +496,5 @@ grant execute on function public.ai_jobs_next_due_v3(text[]) to service_role;
 revoke all on function public.ai_jobs_fire_schedule_v1(uuid, timestamptz, timestamptz, jsonb, jsonb)
   from public, anon, authenticated;
 grant execute on function public.ai_jobs_fire_schedule_v1(uuid, timestamptz, timestamptz, jsonb, jsonb) to service_role;
+revoke all on function public.ai_jobs_reap_v1(integer) from public, anon, authenticated;
+grant execute on function public.ai_jobs_reap_v1(integer) to service_role;
