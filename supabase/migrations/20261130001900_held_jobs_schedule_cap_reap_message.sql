@@ -47,7 +47,10 @@
 -- So a claim takes a due job whenever ai_jobs_work_due_v1 / ai_jobs_stale_pending_v2 call
 -- it claimable (unless another claimer holds its row or scope at that moment). The first
 -- round is unchanged (the worker's hot path); the extra work is spent only by a claim that
--- would otherwise have come back short.
+-- would otherwise have come back short: the later rounds read the held-back jobs of the
+-- window's owners, the second window one pass over the due jobs (as ai_jobs_work_due_v1
+-- makes). Measured with 20 owners at their limit of 1 and 19,980 jobs held back: an empty
+-- claim of 1 took 13 ms (1.7 ms before, when it also missed claimable jobs behind them).
 create or replace function public.ai_jobs_claim_v2(
   p_worker text,
   p_limit integer default 1,
