@@ -210,4 +210,5 @@ def test_worker_concurrency_is_bounded_by_the_pool(database_url: str) -> None:
     env = {**os.environ, "DATABASE_URL": database_url, "AI_JOBS_STORE": "postgres", "AI_JOBS_POOL_MAX_SIZE": "4"}
     proc = subprocess.run(AI_JOBS + ["worker", "--concurrency", "5"], env=env, capture_output=True, text=True,
                           timeout=60)
-    assert proc.returncode != 0 and "--concurrency must be between 1 and AI_JOBS_POOL_MAX_SIZE (4)" in proc.stderr
+    assert proc.returncode == 2 and "usage: ai-jobs worker" in proc.stderr
+    assert "argument --concurrency: Input should be at most AI_JOBS_POOL_MAX_SIZE (4), got '5'" in proc.stderr
