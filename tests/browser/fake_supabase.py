@@ -47,7 +47,8 @@ Realtime (Phoenix websocket, vsn 2.0.0 JSON array frames; `phoenix` heartbeats):
   row when the channel joined) whose stored, compressed size in the table is over
   `toast_inline_max` (2000 bytes: heaptoast.c moves such a value out of line for
   certain). `unchanged_toast` lists what was left out.
-- A join with an expired token is refused; when a joined channel's token expires the
+- A join with an expired token is refused ("InvalidJWTToken: Token has expired N seconds
+  ago"); when a joined channel's token expires the
   server pushes `system` {extension: "system", status: "error", message: "Token has
   expired N seconds ago"} then `phx_close` (realtime_channel.ex `handle_info(:confirm_token…)`,
   `shutdown_response/2`; channels_authorization.ex for the message). realtime-js
@@ -421,7 +422,10 @@ class FakeSupabase:
             self.access_tokens.append(token)
         claims, refusal = self._token_claims(token)
         if claims is None:
-            await self._send(ws, [join_ref, ref, topic, "phx_reply", {"status": "error", "response": {"reason": refusal}}])
+            # a refused join says "<code>: <message>" (realtime_channel.ex `join/3`: an expired
+            # token or missing claims → maybe_log_warning(socket, "InvalidJWTToken", msg))
+            await self._send(ws, [join_ref, ref, topic, "phx_reply", {"status": "error", "response": {
+                "reason": refusal if (refusal or "").startswith("Error parsing") else f"InvalidJWTToken: {refusal}"}}])
             return
         sub_topic = topic.removeprefix("realtime:")
         if private and not await asyncio.get_running_loop().run_in_executor(None, self._may_read, claims, sub_topic):
@@ -488,7 +492,10 @@ class FakeSupabase:
         if self._channels.get(channel.topic) is not channel:
             return
         channel.live = True
-        await self._send(channel.ws, [None, None, channel.topic, "system", {
+        # pushed by the channel process (Phoenix.Channel.push): the frame carries the join's ref,
+        # as every `system` message does; @supabase/phoenix channel.js `isMember` drops a message
+        # whose join_ref is not the channel's current one
+        await self._send(channel.ws, [channel.join_ref, None, channel.topic, "system", {
             "extension": "postgres_changes", "status": "ok", "message": "Subscribed to PostgreSQL",
             "channel": channel.topic.removeprefix("realtime:")}])
 
