@@ -14,7 +14,8 @@
 // - an UPDATE leaves out unchanged TOASTed values (stored out of line, over ~2 kB):
 //   wal2json skips them and apply_rls.sql can only take them from the old tuple, which
 //   holds just the primary key under the default replica identity. Missing keys are
-//   filled from the last full row;
+//   filled from the last full row, once a read that started at or after the live moment
+//   has answered (before that the last row may predate a change the server dropped);
 // - an expired token closes the channel (system error, then phx_close) and
 //   realtime-js never rejoins a closed channel: we do, with a fresh token;
 // - supabase.channel(topic) returns an existing channel, and .on() throws after
@@ -317,6 +318,14 @@ export function createAiJobsClient(options = {}) {
     let rejoins = 0;
     let sleeper = null;
     let failing = false; // an error was reported and nothing has worked since
+    // feed.latest may predate a change Realtime never delivered: while not live (changes
+    // committed then are dropped by the server), and after the live moment until a read that
+    // started at or after it answers. Meanwhile a missing (TOASTed, 413) column must not be
+    // taken from feed.latest: the event's newer updated_at would then make the catch-up read
+    // (same or older updated_at) look stale, and the old value would stay for good.
+    let reconciling = true;
+    let reconcileFrom = Infinity; // the number of the first read that ends it (Infinity: not live)
+    let readsStarted = 0;
 
     function resumed() {
       if (!failing) return;
@@ -478,8 +487,10 @@ export function createAiJobsClient(options = {}) {
         finish("gone");
         return;
       }
-      if (isTerminal(p) || !feed.latest) {
-        requestRead();
+      // The other columns come from feed.latest, which may predate a missed change while
+      // reconciling (see onChange): read the row instead, as for a terminal state
+      if (isTerminal(p) || !feed.latest || reconciling) {
+        catchUp();
         return;
       }
       const merged = { ...feed.latest };
@@ -537,6 +548,7 @@ export function createAiJobsClient(options = {}) {
     async function readLoop() {
       do {
         readAgain = false;
+        const seq = ++readsStarted;
         const abort = typeof AbortController !== "undefined" ? new AbortController() : null;
         const timer = abort ? setTimeout(() => abort.abort(), readTimeout) : null;
         try {
@@ -547,6 +559,7 @@ export function createAiJobsClient(options = {}) {
             finish("gone");
             return;
           }
+          if (seq >= reconcileFrom) reconciling = false; // started after every change we missed
           resumed();
           if (feed.wantsOutput) adoptSnapshot(row);
           apply(row);
@@ -598,11 +611,23 @@ export function createAiJobsClient(options = {}) {
       pollTimer = liveTimer = null;
       setMode("realtime");
       resumed();
-      requestRead(); // anything that changed before the subscription went live
+      catchUp(); // anything that changed before the subscription went live
+    }
+
+    /**
+     * Read the whole row, and merge no event's missing columns into feed.latest until a read
+     * started from now on has answered (one asked for while a read is in flight is the next one).
+     */
+    function catchUp() {
+      reconciling = true;
+      if (live) reconcileFrom = readsStarted + 1; // not live: changes may still be missed, the live moment decides
+      requestRead();
     }
 
     function goDown(kind) {
       live = false;
+      reconciling = true; // what is committed from now until the next live moment is not pushed
+      reconcileFrom = Infinity;
       clearTimeout(liveTimer);
       liveTimer = null;
       if (feed.mode !== kind) {
@@ -627,10 +652,12 @@ export function createAiJobsClient(options = {}) {
         // Columns are missing: a row over 1 MB (413) drops its large values, changed or not,
         // and an UPDATE leaves out every unchanged TOASTed value (over ~2 kB: input,
         // checkpoints, result, stream…), which Realtime cannot recover without REPLICA
-        // IDENTITY FULL. The last full row stands in for them; without one, or for an end
-        // state whose values may be gone (413, or no result), read the whole row.
-        if (!feed.latest || (isTerminal(row) && (cut || !("result" in row)))) {
-          requestRead();
+        // IDENTITY FULL. The last full row stands in for them, but only while it is known to
+        // be the row just before this change: not while a missed change may lie in between
+        // (reconciling: until the read that catches up answers), and not without one. Then,
+        // or for an end state whose values may be gone (413, or no result), read the whole row.
+        if (!feed.latest || reconciling || (isTerminal(row) && (cut || !("result" in row)))) {
+          catchUp();
           return;
         }
         row = { ...feed.latest, ...row };

@@ -343,6 +343,15 @@ class FakeSupabase:
         for topic in self.channels_for(job_id):
             self._call(self._send_to_topic(topic, "phx_error", {}, drop=True))
 
+    def drop_connections(self) -> None:
+        """Close every websocket (a network blip): realtime-js reconnects and rejoins by itself."""
+
+        async def close_all() -> None:
+            for ws in list(self._open):
+                await ws.close()
+
+        self._call(close_all())
+
     def expire_token(self, job_id: str, seconds_ago: int = 0) -> None:
         """What the server does when a joined channel's token expires: system error, then phx_close."""
         for topic in self.channels_for(job_id):

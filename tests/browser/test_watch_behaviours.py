@@ -475,3 +475,107 @@ def test_13_a_server_without_the_replication_ready_message_is_live_after_live_ti
     wait_for(lambda: live(page), timeout=5, what="live after liveTimeout")
     assert time.monotonic() - joined >= 1.5
     no_rejections(page)
+
+
+# A second watcher on the main watch's client (so on its feed) that records which checkpoint
+# steps each update carries: a TOASTed column the harness's own watcher does not report.
+CHECKPOINT_PROBE = """([id]) => {
+  window.probe = [];
+  window.probeDone = null;
+  window.watches.main.client.watchJob(id, {
+    onUpdate: (j) => window.probe.push({progress: j.progress, updated_at: j.updated_at,
+                                        steps: j.checkpoints ? Object.keys(j.checkpoints) : "missing"}),
+    onDone: (j) => { window.probeDone = {status: j.status, steps: j.checkpoints ? Object.keys(j.checkpoints) : "missing"}; },
+  });
+}"""
+
+
+def big_value(seed: int) -> str:
+    """About 6 kB of random letters: stored out of line (TOASTed) even compressed."""
+    rng = random.Random(seed)
+    return "".join(rng.choice(string.ascii_letters) for _ in range(6000))
+
+
+def probed_steps(page: Any) -> list[str] | str:
+    return page.evaluate("window.probe")[-1]["steps"]
+
+
+def test_14_a_change_missed_before_live_is_not_hidden_by_a_toast_merge(page, fake, running, pg_store) -> None:
+    """A checkpoint write (a TOASTed value) lands before the subscription is live, so Realtime
+    never sends it. At the live moment the catch-up read starts; before it answers, an UPDATE
+    that left `checkpoints` alone arrives without it. Filling it from the last row read (which
+    predates the checkpoint) and showing that under the event's newer updated_at would make the
+    catch-up read's row (same updated_at) look stale: the step would be missing for good. The
+    event must instead wait for a read, and every update and onDone carry the step."""
+    job_id, _, token = running()
+    fake.hold_system.set()
+    open_harness(page, fake)
+    start(page, "main", job_id, token, realtime=True, pollInterval=60000, maxPollInterval=60000)
+    page.evaluate(CHECKPOINT_PROBE, [job_id])
+    wait_for(lambda: page.evaluate("window.probe.length") >= 1, what="the first read")
+    wait_for(lambda: fake.channels_for(job_id) != [], what="the join")
+    pg_store.checkpoint(job_id, WORKER, "s1", big_value(1))  # checkpoints: {} -> {s1: <6 kB>}
+    assert fake.push_change(job_id) == 0  # not live yet: the server drops it
+    fake.read_failures = ["slow:2"]  # the catch-up read answers 2 s later
+    fake.release_system()
+    wait_for(lambda: live(page), what="live")
+    pg_store.progress(job_id, WORKER, 40, "checkpoints untouched")
+    assert fake.push_change(job_id) == 1
+    assert fake.unchanged_toast[-1] == (job_id, ["checkpoints"])  # sent without it, as the server does
+    wait_for(lambda: progress(page) == 40, timeout=4, what="the pushed progress")
+    time.sleep(0.5)
+    assert all(u["steps"] == ["s1"] for u in page.evaluate("window.probe") if u["progress"] == 40), page.evaluate("window.probe")
+    pg_store.complete(job_id, WORKER, {"ok": True})
+    fake.push_change(job_id)
+    wait_for(lambda: page.evaluate("window.probeDone") is not None, timeout=3, what="done")
+    assert page.evaluate("window.probeDone") == {"status": "completed", "steps": ["s1"]}
+    no_rejections(page)
+
+
+def test_15_a_change_missed_while_reconnecting_is_not_hidden_by_a_toast_merge(page, fake, running, pg_store) -> None:
+    """The same after a reconnect: the socket drops, a checkpoint is written while the channel
+    is down (never sent), and after the rejoin's "Subscribed to PostgreSQL" an UPDATE without
+    the unchanged `checkpoints` arrives before the catch-up read answers."""
+    job_id, _, token = running()
+    open_harness(page, fake)
+    start(page, "main", job_id, token, realtime=True, pollInterval=60000, maxPollInterval=60000)
+    page.evaluate(CHECKPOINT_PROBE, [job_id])
+    wait_for(lambda: live(page), what="live")
+    joins = len(fake.joins)
+    fake.drop_connections()
+    wait_for(lambda: "polling-fallback" in state(page)["modes"], timeout=5, what="the fallback")
+    pg_store.checkpoint(job_id, WORKER, "s1", big_value(2))
+    assert fake.push_change(job_id) == 0  # no channel: never delivered
+    fake.read_failures = ["slow:2"]
+    wait_for(lambda: len(fake.joins) > joins and live(page), timeout=15, what="rejoined and live")
+    pg_store.progress(job_id, WORKER, 55, "after the reconnect")
+    assert fake.push_change(job_id) == 1
+    assert fake.unchanged_toast[-1] == (job_id, ["checkpoints"])
+    wait_for(lambda: progress(page) == 55, timeout=4, what="the pushed progress")
+    time.sleep(0.5)
+    assert probed_steps(page) == ["s1"], page.evaluate("window.probe")
+    no_rejections(page)
+
+
+def test_16_a_status_broadcast_after_a_missed_change_waits_for_the_catch_up_read(page, fake, running, pg_store) -> None:
+    """statusVia "broadcast": a status message carries a few columns and the rest come from the
+    last row. A checkpoint written before the replication connection is up is missed; a status
+    message that arrives before the catch-up read answers must not be merged onto the older
+    row (its newer updated_at would make that read's row look stale)."""
+    job_id, _, token = running()
+    fake.hold_replication.set()
+    open_harness(page, fake)
+    start(page, "main", job_id, token, realtime=True, statusVia="broadcast", pollInterval=60000, maxPollInterval=60000)
+    page.evaluate(CHECKPOINT_PROBE, [job_id])
+    wait_for(lambda: page.evaluate("window.probe.length") >= 1, what="the first read")
+    wait_for(lambda: fake.channels_for(job_id) != [], what="the join")
+    pg_store.checkpoint(job_id, WORKER, "s1", {"done": True})
+    fake.read_failures = ["slow:2"]
+    fake.release_replication()
+    wait_for(lambda: live(page), what="live at the replication-ready message")
+    pg_store.progress(job_id, WORKER, 40, "status over Broadcast")
+    assert fake.db_status(job_id) == 1
+    wait_for(lambda: progress(page) == 40, timeout=4, what="the status message")
+    time.sleep(0.5)
+    assert all(u["steps"] == ["s1"] for u in page.evaluate("window.probe") if u["progress"] == 40), page.evaluate("window.probe")
+    no_rejections(page)
