@@ -10,7 +10,8 @@
 //   live; the server then pushes a `system` message ("Subscribed to PostgreSQL").
 //   Only that message means changes are flowing, so the reconciling read waits for it;
 // - DELETE events are not RLS-filtered and carry only the primary key;
-// - rows over 1 MB arrive without their large columns and `errors` holds a 413;
+// - rows over 1 MB arrive without their large columns, changed or not, and `errors`
+//   holds a 413: such a row is read;
 // - an UPDATE leaves out unchanged TOASTed values (stored out of line, over ~2 kB):
 //   wal2json skips them and apply_rls.sql can only take them from the old tuple, which
 //   holds just the primary key under the default replica identity. Missing keys are
@@ -649,14 +650,15 @@ export function createAiJobsClient(options = {}) {
       if (!row || row.id !== jobId) return;
       const cut = truncated(payload);
       if (cut || COLUMN_NAMES.some((key) => !(key in row))) {
-        // Columns are missing: a row over 1 MB (413) drops its large values, changed or not,
-        // and an UPDATE leaves out every unchanged TOASTed value (over ~2 kB: input,
-        // checkpoints, result, stream…), which Realtime cannot recover without REPLICA
-        // IDENTITY FULL. The last full row stands in for them, but only while it is known to
+        // Columns are missing. An UPDATE leaves out every unchanged TOASTed value (over ~2 kB:
+        // input, checkpoints, result, stream…), which Realtime cannot recover without REPLICA
+        // IDENTITY FULL: the last full row stands in for them, but only while it is known to
         // be the row just before this change: not while a missed change may lie in between
-        // (reconciling: until the read that catches up answers), and not without one. Then,
-        // or for an end state whose values may be gone (413, or no result), read the whole row.
-        if (!feed.latest || reconciling || (isTerminal(row) && (cut || !("result" in row)))) {
+        // (reconciling: until the read that catches up answers), and not without one. A row
+        // over 1 MB (413) loses every value over 64 bytes, changed or not (apply_rls.sql
+        // error_record_exceeds_max_size), so the last row cannot stand in. Then, or for an
+        // end state without its result, read the whole row.
+        if (!feed.latest || reconciling || cut || (isTerminal(row) && !("result" in row))) {
           catchUp();
           return;
         }

@@ -579,3 +579,25 @@ def test_16_a_status_broadcast_after_a_missed_change_waits_for_the_catch_up_read
     time.sleep(0.5)
     assert all(u["steps"] == ["s1"] for u in page.evaluate("window.probe") if u["progress"] == 40), page.evaluate("window.probe")
     no_rejections(page)
+
+
+def test_17_a_row_over_the_size_limit_is_read_not_filled_from_the_last_row(page, fake, running, pg_store) -> None:
+    """A row over the size limit (1 MB; 20 kB here) arrives with only its values of 64 bytes
+    or less and a 413, whether they changed or not. A checkpoint that made it that large is
+    among the values left out: filling it from the last row would show the job without that
+    step under the event's updated_at (and the later read of the same row would be ignored).
+    The event is not shown; the row is read once."""
+    job_id, _, token = running()
+    fake.max_record_bytes = 20_000  # the real limit is 1 MB; the behaviour is the same
+    open_harness(page, fake)
+    start(page, "main", job_id, token, realtime=True)
+    page.evaluate(CHECKPOINT_PROBE, [job_id])
+    wait_for(lambda: live(page), what="the live subscription")
+    reads = settled_reads(fake, job_id)
+    pg_store.checkpoint(job_id, WORKER, "s1", "x" * 30_000, progress=30)
+    assert fake.push_change(job_id) == 1
+    wait_for(lambda: progress(page) == 30, timeout=3, what="the change")
+    time.sleep(0.5)
+    assert all(u["steps"] == ["s1"] for u in page.evaluate("window.probe") if u["progress"] == 30), page.evaluate("window.probe")
+    assert fake.rest_reads[job_id] == reads + 1
+    no_rejections(page)
