@@ -203,7 +203,14 @@ export interface WatchHandlers {
   onDone?(job: Job): void;
   /** The job was deleted (or is no longer readable by this user); the watch has stopped. */
   onGone?(jobId: string): void;
-  /** A problem being retried, or (before the watch stops) a read the server refused for good. */
+  /**
+   * A problem being retried, or (before the watch stops) a read the server refused for good.
+   * `error.code`: the server's code for a failed read (e.g. PostgREST's "PGRST303"), or
+   * "network_error" (no request made); "realtime_error" (a join refused or failed);
+   * "realtime_closed" (the server closed the channel; the watch rejoins);
+   * "realtime_topic_in_use" (the supabase client already has a channel of the app's own on
+   * `ai-jobs-live:<id>`: the job is read instead of pushed; reported once).
+   */
   onError?(error: AiJobsError): void;
   /** Reads or Realtime work again after an onError. */
   onResume?(): void;

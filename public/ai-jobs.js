@@ -20,7 +20,9 @@
 // - an expired token closes the channel (system error, then phx_close) and
 //   realtime-js never rejoins a closed channel: we do, with a fresh token;
 // - supabase.channel(topic) returns an existing channel, and .on() throws after
-//   subscribe(): one channel per job per supabase client, shared by its watchers;
+//   subscribe(): one channel per job per supabase client, shared by its watchers
+//   (RealtimeClient.ts channel(), RealtimeChannel.ts on()). A channel the app made on
+//   the same topic cannot be joined or extended: the watch reports it and reads;
 // - a project with "Allow public access" off refuses every non-private join
 //   ("PrivateOnly"), and a private join is authorized by the SELECT policies on
 //   realtime.messages (ours: the job's owner, topic `ai-jobs-live:<id>` exactly);
@@ -115,6 +117,9 @@ function truncated(payload) {
 // One registry per supabase-js client: supabase.channel(topic) is per client, so
 // every ai-jobs client built on it shares one feed (one channel) per job.
 const feedRegistries = new WeakMap();
+
+// The channels this module made: a channel on a job's topic that is not one of them is the app's.
+const ownChannels = new WeakSet();
 
 function registryFor(owner) {
   let registry = feedRegistries.get(owner);
@@ -327,6 +332,7 @@ export function createAiJobsClient(options = {}) {
     let reconciling = true;
     let reconcileFrom = Infinity; // the number of the first read that ends it (Infinity: not live)
     let readsStarted = 0;
+    let topicInUseReported = false;
 
     function resumed() {
       if (!failing) return;
@@ -742,7 +748,22 @@ export function createAiJobsClient(options = {}) {
       if (feed.end || channel) return;
       const topic = `ai-jobs-live:${jobId}`; // the policy names this topic exactly: no suffix possible
       const taken = (typeof supabase.getChannels === "function" ? supabase.getChannels() : [])
-        .some((ch) => ch.topic === `realtime:${topic}`);
+        .find((ch) => ch.topic === `realtime:${topic}`);
+      if (taken && !ownChannels.has(taken)) {
+        // The app's own channel on this topic, on this supabase client: realtime-js keeps one
+        // channel per topic per client (RealtimeClient.ts channel() would return it), and
+        // postgres_changes listeners cannot be added to it once subscribed (RealtimeChannel.ts
+        // on() throws). Say so once and read; look again later, in case the app removes it.
+        if (!topicInUseReported) {
+          topicInUseReported = true;
+          emit("error", new AiJobsError(0, { code: "realtime_topic_in_use", detail:
+            `this supabase client already has a channel on ${topic} that ai-jobs did not create: ` +
+            "the job is read instead of pushed (use watchJob's onText, or another supabase client, for that channel)" }));
+        }
+        goDown("polling-fallback");
+        scheduleRejoin();
+        return;
+      }
       if (taken) { // our previous channel is still leaving; reads go on meanwhile
         scheduleRejoin();
         return;
@@ -752,11 +773,13 @@ export function createAiJobsClient(options = {}) {
         const broadcast = { self: false, ack: false };
         if (statusViaBroadcast) broadcast.replication_ready = true; // the live moment (see onSystem)
         c = supabase.channel(topic, { config: { private: true, broadcast } });
+        ownChannels.add(c);
         channel = c;
+        const system = (payload) => onSystem(c, payload);
         if (statusViaBroadcast) c.on("broadcast", { event: "status" }, onStatusEvent);
         else c.on("postgres_changes", { event: "*", schema: "public", table: "ai_jobs", filter: `id=eq.${jobId}` }, onChange);
         c.on("broadcast", { event: "output" }, onOutput)
-          .on("system", {}, (payload) => onSystem(c, payload))
+          .on("system", {}, system)
           .subscribe((status, error) => onStatus(c, status, error));
       } catch (error) {
         if (c && channel === c) channel = null;

@@ -601,3 +601,42 @@ def test_17_a_row_over_the_size_limit_is_read_not_filled_from_the_last_row(page,
     assert all(u["steps"] == ["s1"] for u in page.evaluate("window.probe") if u["progress"] == 30), page.evaluate("window.probe")
     assert fake.rest_reads[job_id] == reads + 1
     no_rejections(page)
+
+
+def app_channel(page: Any, job_id: str, token: str) -> None:
+    """The app's own channel on the job's topic, on the supabase client "app", as an app that
+    follows the output itself joins it; window.appStatuses gets its subscribe statuses."""
+    page.evaluate("""([id, t]) => {
+      const sb = window.supabaseFor("app", t);
+      window.appStatuses = [];
+      window.appOutputs = 0;
+      window.appChannel = sb.channel(`ai-jobs-live:${id}`, { config: { private: true } })
+        .on("broadcast", { event: "output" }, () => { window.appOutputs += 1; })
+        .subscribe((s) => window.appStatuses.push(s));
+    }""", [job_id, token])
+
+
+def test_18_an_app_channel_on_the_jobs_topic_is_reported_and_the_job_is_read(page, fake, running, pg_store) -> None:
+    """The app joined `ai-jobs-live:<id>` itself on the supabase client the watch uses:
+    realtime-js keeps one channel per topic per client and postgres_changes cannot be added
+    to a subscribed channel, so the watch cannot go live on it. It says so once through
+    onError ("realtime_topic_in_use"), reads the job (polling-fallback) instead of waiting in
+    "connecting" forever, and joins once the app has removed its channel."""
+    job_id, _, token = running()
+    open_harness(page, fake)
+    app_channel(page, job_id, token)
+    wait_for(lambda: page.evaluate("window.appStatuses.includes('SUBSCRIBED')"), what="the app's own channel")
+    start(page, "main", job_id, token, realtime=True, shared="app")
+    wait_for(lambda: "realtime_topic_in_use" in state(page)["codes"], timeout=5, what="the report")
+    assert state(page)["modes"][-1] == "polling-fallback"
+    pg_store.progress(job_id, WORKER, 30, "read, not pushed")
+    wait_for(lambda: progress(page) == 30, timeout=5, what="a read")
+    time.sleep(3)
+    assert state(page)["codes"].count("realtime_topic_in_use") == 1, state(page)["codes"]  # reported once
+    assert all(j["config"]["postgres_changes"] == [] for j in fake.joins)  # only the app's joins (no watch binding)
+    page.evaluate("window.supabaseClients.app.removeChannel(window.appChannel)")
+    wait_for(lambda: live(page), timeout=20, what="the watch's own channel once the app's is gone")
+    pg_store.progress(job_id, WORKER, 60, "pushed")
+    assert fake.push_change(job_id) == 1
+    wait_for(lambda: progress(page) == 60, timeout=3, what="a pushed change")
+    no_rejections(page)
