@@ -22,7 +22,9 @@
 // - supabase.channel(topic) returns an existing channel, and .on() throws after
 //   subscribe(): one channel per job per supabase client, shared by its watchers
 //   (RealtimeClient.ts channel(), RealtimeChannel.ts on()). A channel the app made on
-//   the same topic cannot be joined or extended: the watch reports it and reads;
+//   the same topic cannot be joined or extended: the watch reports it and reads; an app
+//   that asks for the topic after the watch gets the watch's channel, which the watch then
+//   leaves to it when it stops;
 // - a project with "Allow public access" off refuses every non-private join
 //   ("PrivateOnly"), and a private join is authorized by the SELECT policies on
 //   realtime.messages (ours: the job's owner, topic `ai-jobs-live:<id>` exactly);
@@ -332,6 +334,7 @@ export function createAiJobsClient(options = {}) {
     let reconciling = true;
     let reconcileFrom = Infinity; // the number of the first read that ends it (Infinity: not live)
     let readsStarted = 0;
+    const ownCallbacks = new Set(); // the listeners this feed put on its channel
     let topicInUseReported = false;
 
     function resumed() {
@@ -519,9 +522,41 @@ export function createAiJobsClient(options = {}) {
       const c = channel;
       channel = null;
       live = false;
+      if (appListens(c)) {
+        // The app asked this supabase client for the same topic and got our channel
+        // (RealtimeClient.ts channel() returns the existing one), then listened on it:
+        // removing it would silence the app. It stays joined, the app's to remove; only our
+        // listeners come off (our handlers ignore everything once the feed has ended anyway).
+        ownChannels.delete(c);
+        unlisten(c);
+        return;
+      }
       Promise.resolve()
         .then(() => supabase.removeChannel(c))
         .catch(() => {}); // the socket is gone: nothing to leave
+    }
+
+    /** Whether a listener we did not add is on the channel (RealtimeChannel.ts `bindings`, by type). */
+    function appListens(c) {
+      const bindings = (c && c.bindings) || {};
+      return Object.values(bindings).some((list) => Array.isArray(list) && list.some((b) => b && !ownCallbacks.has(b.callback)));
+    }
+
+    /** Take our listeners off a channel left to the app: RealtimeChannel.ts `bindings` and the phoenix channel's (channelAdapter.off, by ref). */
+    function unlisten(c) {
+      try {
+        for (const [type, list] of Object.entries(c.bindings || {})) {
+          if (!Array.isArray(list)) continue;
+          const ours = list.filter((b) => b && ownCallbacks.has(b.callback));
+          if (!ours.length) continue;
+          c.bindings[type] = list.filter((b) => !ours.includes(b));
+          for (const b of ours) {
+            if (c.channelAdapter && typeof c.channelAdapter.off === "function") c.channelAdapter.off(type, b.ref);
+          }
+        }
+      } catch {
+        // another realtime-js's internals: our listeners stay, inert
+      }
     }
 
     function apply(row) {
@@ -776,6 +811,7 @@ export function createAiJobsClient(options = {}) {
         ownChannels.add(c);
         channel = c;
         const system = (payload) => onSystem(c, payload);
+        for (const fn of [onStatusEvent, onChange, onOutput, system]) ownCallbacks.add(fn);
         if (statusViaBroadcast) c.on("broadcast", { event: "status" }, onStatusEvent);
         else c.on("postgres_changes", { event: "*", schema: "public", table: "ai_jobs", filter: `id=eq.${jobId}` }, onChange);
         c.on("broadcast", { event: "output" }, onOutput)

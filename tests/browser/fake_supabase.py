@@ -280,6 +280,11 @@ class FakeSupabase:
                 "updated_at", "finished_at")}}
         return self._call(self._database_broadcast(f"ai-jobs-live:{job_id}", "status", payload))
 
+    def broadcast(self, job_id: str, event: str, payload: dict[str, Any]) -> int:
+        """A message on the job's private topic, delivered as Broadcast from Database is; the
+        number of channels reached."""
+        return self._call(self._database_broadcast(f"ai-jobs-live:{job_id}", event, payload))
+
     def channels_for(self, job_id: str) -> list[str]:
         return [topic for topic, ch in self._channels.items() if job_id in ch.job_ids]
 

@@ -640,3 +640,28 @@ def test_18_an_app_channel_on_the_jobs_topic_is_reported_and_the_job_is_read(pag
     assert fake.push_change(job_id) == 1
     wait_for(lambda: progress(page) == 60, timeout=3, what="a pushed change")
     no_rejections(page)
+
+
+def test_19_stopping_the_watch_leaves_the_apps_listeners_on_the_shared_channel(page, fake, running, pg_store) -> None:
+    """The app asks its supabase client for `ai-jobs-live:<id>` after watchJob did: realtime-js
+    returns the watch's channel, and the app's broadcast listener goes on it. Stopping the
+    watch must not remove that channel under the app: it stays joined with only the app's
+    listener. A later watch of the job finds the app's channel and reports it."""
+    job_id, _, token = running()
+    open_harness(page, fake)
+    start(page, "main", job_id, token, realtime=True, shared="app")
+    wait_for(lambda: live(page), what="live")
+    app_channel(page, job_id, token)
+    assert page.evaluate("window.appChannel.bindings.postgres_changes.length") == 1  # the watch's channel
+    page.evaluate("window.watches.main.stop()")
+    time.sleep(1.0)
+    info = page.evaluate("""() => ({state: window.appChannel.state,
+        listed: window.supabaseClients.app.getChannels().includes(window.appChannel),
+        listeners: Object.entries(window.appChannel.bindings).flatMap(([t, l]) => l.map((b) => t + ":" + (b.filter.event || "")))})""")
+    assert fake.leaves == [] and info["listed"] and info["state"] == "joined", info
+    assert info["listeners"] == ["broadcast:output"], info  # the watch's own listeners are off
+    assert fake.broadcast(job_id, "output", {"job": job_id, "stream": "s", "seq": 1, "offset": 0, "delta": "hi"}) == 1
+    wait_for(lambda: page.evaluate("window.appOutputs") == 1, timeout=3, what="the app's listener")
+    start(page, "again", job_id, token, realtime=True, shared="app")
+    wait_for(lambda: "realtime_topic_in_use" in state(page, "again")["codes"], timeout=5, what="the report")
+    no_rejections(page)
