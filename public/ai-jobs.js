@@ -46,6 +46,9 @@
 // every watcher of the job; they are used only when one asked for output.
 
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+// A channel live this long resets the rejoin backoff: a server that shuts the channel soon
+// after each join (e.g. "Too many messages per second") is not rejoined every 250 ms.
+const LIVE_STABLE_MS = 30000;
 
 /**
  * The columns a signed-in user may read from public.ai_jobs (RLS, column
@@ -324,6 +327,7 @@ export function createAiJobsClient(options = {}) {
     let liveTimer = null;
     let rejoinTimer = null;
     let rejoins = 0;
+    let stableTimer = null; // resets `rejoins` once the channel has stayed live LIVE_STABLE_MS
     let sleeper = null;
     let failing = false; // an error was reported and nothing has worked since
     // feed.latest may predate a change Realtime never delivered: while not live (changes
@@ -368,7 +372,8 @@ export function createAiJobsClient(options = {}) {
       clearTimeout(liveTimer);
       clearTimeout(rejoinTimer);
       clearTimeout(gapTimer);
-      pollTimer = liveTimer = rejoinTimer = gapTimer = null;
+      clearTimeout(stableTimer);
+      pollTimer = liveTimer = rejoinTimer = gapTimer = stableTimer = null;
       if (sleeper) sleeper();
       if (typeof document !== "undefined") document.removeEventListener("visibilitychange", onVisible);
       dropChannel();
@@ -646,7 +651,8 @@ export function createAiJobsClient(options = {}) {
     function goLive() {
       if (feed.end || live) return;
       live = true;
-      rejoins = 0;
+      clearTimeout(stableTimer);
+      stableTimer = setTimeout(() => { stableTimer = null; rejoins = 0; }, LIVE_STABLE_MS);
       polls = 0;
       clearTimeout(liveTimer);
       clearTimeout(pollTimer);
@@ -671,7 +677,8 @@ export function createAiJobsClient(options = {}) {
       reconciling = true; // what is committed from now until the next live moment is not pushed
       reconcileFrom = Infinity;
       clearTimeout(liveTimer);
-      liveTimer = null;
+      clearTimeout(stableTimer);
+      liveTimer = stableTimer = null;
       if (feed.mode !== kind) {
         polls = 0;
         setMode(kind);

@@ -359,8 +359,13 @@ class FakeSupabase:
 
     def expire_token(self, job_id: str, seconds_ago: int = 0) -> None:
         """What the server does when a joined channel's token expires: system error, then phx_close."""
+        self.shut_down(job_id, f"Token has expired {seconds_ago} seconds ago")
+
+    def shut_down(self, job_id: str, message: str) -> None:
+        """The server shutting the job's channels down (realtime_channel.ex `shutdown_response/2`,
+        e.g. "Too many messages per second"): system error with the message, then phx_close."""
         for topic in self.channels_for(job_id):
-            self._call(self._shutdown(topic, f"Token has expired {seconds_ago} seconds ago"))
+            self._call(self._shutdown(topic, message))
 
     def _call(self, coro: Any) -> Any:
         assert self._loop is not None

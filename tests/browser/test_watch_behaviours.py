@@ -665,3 +665,24 @@ def test_19_stopping_the_watch_leaves_the_apps_listeners_on_the_shared_channel(p
     start(page, "again", job_id, token, realtime=True, shared="app")
     wait_for(lambda: "realtime_topic_in_use" in state(page, "again")["codes"], timeout=5, what="the report")
     no_rejections(page)
+
+
+def test_20_a_channel_shut_soon_after_each_join_is_rejoined_with_backoff(page, fake, running) -> None:
+    """The server shuts the channel down right after it goes live each time (as it does with
+    "Too many messages per second"). The rejoin delays (250 ms, 1, 2, 5, 10 s) must not start
+    again at every live moment, or the watch joins, reads and reports every few hundred ms:
+    they start again only once a channel has stayed live for 30 s."""
+    job_id, _, token = running()
+    open_harness(page, fake)
+    start(page, "main", job_id, token, realtime=True, pollInterval=1000, maxPollInterval=15000)
+    wait_for(lambda: live(page), what="live")
+    first = len(fake.joins)
+    deadline = time.monotonic() + 9
+    while time.monotonic() < deadline:
+        if fake.live_channels(job_id):
+            fake.shut_down(job_id, "Too many messages per second")
+        time.sleep(0.05)
+    rejoins = len(fake.joins) - first
+    assert 2 <= rejoins <= 5, (rejoins, state(page)["codes"])  # 0.25 + 1 + 2 + 5 s: 4 in 9 s
+    assert state(page)["codes"].count("realtime_closed") <= 5
+    no_rejections(page)
