@@ -631,15 +631,17 @@ export function createAiJobsClient(options = {}) {
       } while (readAgain && !feed.end);
     }
 
-    /** Polls while changes are not pushed: steady before the first live moment, backing off in a fallback. */
+    /**
+     * Polls while changes are not pushed: every pollInterval while connecting (until the live
+     * moment, at most the join timeout plus liveTimeout: a change committed before it is never
+     * pushed, so only a read shows it), backing off to maxPollInterval in a fallback.
+     */
     function schedulePoll() {
       clearTimeout(pollTimer);
       pollTimer = null;
       if (feed.end || live) return;
       let delay = pollInterval;
-      if (feed.mode === "polling-fallback" || (feed.mode === "connecting" && polls >= 10)) {
-        delay = Math.min(pollInterval * 2 ** Math.min(polls, 16), maxPollInterval);
-      }
+      if (feed.mode === "polling-fallback") delay = Math.min(pollInterval * 2 ** Math.min(polls, 16), maxPollInterval);
       pollTimer = setTimeout(() => {
         pollTimer = null;
         polls += 1;

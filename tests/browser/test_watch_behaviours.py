@@ -686,3 +686,27 @@ def test_20_a_channel_shut_soon_after_each_join_is_rejoined_with_backoff(page, f
     assert 2 <= rejoins <= 5, (rejoins, state(page)["codes"])  # 0.25 + 1 + 2 + 5 s: 4 in 9 s
     assert state(page)["codes"].count("realtime_closed") <= 5
     no_rejections(page)
+
+
+def test_21_reads_stay_at_poll_interval_until_live(page, fake, running, pg_store) -> None:
+    """Joined, but "Subscribed to PostgreSQL" is late (here: 7 s; liveTimeout is 10 s): changes
+    committed meanwhile are never pushed, so reads are the only way to see them. The watch
+    reads every pollInterval until the live moment, as the README says, not slower after
+    ten reads."""
+    job_id, _, token = running()
+    fake.hold_system.set()
+    open_harness(page, fake)
+    start(page, "main", job_id, token, realtime=True, pollInterval=300, maxPollInterval=3000)
+    wait_for(lambda: fake.channels_for(job_id) != [], what="the join")
+    time.sleep(4.5)  # over 10 reads at 300 ms
+    assert state(page)["modes"] == ["connecting"]
+    before = fake.rest_reads[job_id]
+    pg_store.progress(job_id, WORKER, 35, "not pushed")
+    changed = time.monotonic()
+    wait_for(lambda: progress(page) == 35, timeout=2, what="the change, read within 2 s")
+    assert time.monotonic() - changed < 1.0
+    time.sleep(1.5)
+    assert fake.rest_reads[job_id] - before >= 5, fake.rest_reads[job_id] - before  # about one per 300 ms
+    fake.release_system()
+    wait_for(lambda: live(page), what="live")
+    no_rejections(page)
