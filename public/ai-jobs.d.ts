@@ -172,7 +172,9 @@ export interface ClientOptions {
    * changes over Postgres Changes on that channel. "broadcast": the "status" messages on it, sent
    * by the database trigger that `select public.ai_jobs_status_broadcast_v1(true)` installs
    * (Supabase's recommendation at scale); the join asks for `broadcast.replication_ready` and the
-   * job is read until the server says the replication connection is up.
+   * job is read until the server says the replication connection is up. Those messages carry
+   * status, progress, progress_message, attempts, cancel_requested_at, wait_reason, updated_at and
+   * finished_at: other columns (children, started_at, checkpoints, usage…) are as of the last read.
    */
   statusVia?: "postgres_changes" | "broadcast";
   fetch?: typeof fetch;
