@@ -332,12 +332,16 @@ export function createAiJobsClient(options = {}) {
     let failing = false; // an error was reported and nothing has worked since
     // feed.latest may predate a change Realtime never delivered: while not live (changes
     // committed then are dropped by the server), and after the live moment until a read that
-    // started at or after it answers. Meanwhile a missing (TOASTed, 413) column must not be
-    // taken from feed.latest: the event's newer updated_at would then make the catch-up read
-    // (same or older updated_at) look stale, and the old value would stay for good.
+    // started at or after it answers. Meanwhile a missing (TOASTed) column must not be taken
+    // from feed.latest: the event's newer updated_at would then make the catch-up read (same
+    // or older updated_at) look stale, and the old value would stay for good. Such events are
+    // held instead and applied on top of that read's row, in order (older ones then fall to
+    // the updated_at guard); one that arrives while not live is dropped, since the read at the
+    // live moment starts after it.
     let reconciling = true;
     let reconcileFrom = Infinity; // the number of the first read that ends it (Infinity: not live)
     let readsStarted = 0;
+    let held = []; // events waiting for that read (see hold)
     const ownCallbacks = new Set(); // the listeners this feed put on its channel
     let topicInUseReported = false;
 
@@ -502,10 +506,14 @@ export function createAiJobsClient(options = {}) {
         finish("gone");
         return;
       }
+      if (isTerminal(p) || !feed.latest) {
+        requestRead();
+        return;
+      }
       // The other columns come from feed.latest, which may predate a missed change while
-      // reconciling (see onChange): read the row instead, as for a terminal state
-      if (isTerminal(p) || !feed.latest || reconciling) {
-        catchUp();
+      // reconciling (see onChange)
+      if (reconciling) {
+        hold(() => onStatusEvent(message));
         return;
       }
       const merged = { ...feed.latest };
@@ -606,10 +614,12 @@ export function createAiJobsClient(options = {}) {
             finish("gone");
             return;
           }
-          if (seq >= reconcileFrom) reconciling = false; // started after every change we missed
+          const caughtUp = reconciling && seq >= reconcileFrom; // started after every change we missed
+          if (caughtUp) reconciling = false;
           resumed();
           if (feed.wantsOutput) adoptSnapshot(row);
           apply(row);
+          if (caughtUp) replayHeld();
         } catch (error) {
           if (feed.end) return;
           const failure = error instanceof AiJobsError ? error
@@ -661,7 +671,7 @@ export function createAiJobsClient(options = {}) {
       pollTimer = liveTimer = null;
       setMode("realtime");
       resumed();
-      catchUp(); // anything that changed before the subscription went live
+      catchUp(); // anything that changed before the subscription went live (held events are older)
     }
 
     /**
@@ -670,14 +680,32 @@ export function createAiJobsClient(options = {}) {
      */
     function catchUp() {
       reconciling = true;
-      if (live) reconcileFrom = readsStarted + 1; // not live: changes may still be missed, the live moment decides
+      if (live) {
+        reconcileFrom = readsStarted + 1;
+        held = []; // that read starts after them
+      } // not live: changes may still be missed, the live moment decides
       requestRead();
+    }
+
+    /** An event that needs feed.latest while it may be stale: kept for after the catch-up read if live. */
+    function hold(event) {
+      if (live) held.push(event);
+    }
+
+    function replayHeld() {
+      const events = held;
+      held = [];
+      for (const event of events) {
+        if (feed.end) return;
+        event(); // held again, in order, if reconciling started over
+      }
     }
 
     function goDown(kind) {
       live = false;
       reconciling = true; // what is committed from now until the next live moment is not pushed
       reconcileFrom = Infinity;
+      held = []; // the read at the next live moment starts after them
       clearTimeout(liveTimer);
       clearTimeout(stableTimer);
       liveTimer = stableTimer = null;
@@ -700,16 +728,19 @@ export function createAiJobsClient(options = {}) {
       if (!row || row.id !== jobId) return;
       const cut = truncated(payload);
       if (cut || COLUMN_NAMES.some((key) => !(key in row))) {
-        // Columns are missing. An UPDATE leaves out every unchanged TOASTed value (over ~2 kB:
-        // input, checkpoints, result, stream…), which Realtime cannot recover without REPLICA
-        // IDENTITY FULL: the last full row stands in for them, but only while it is known to
-        // be the row just before this change: not while a missed change may lie in between
-        // (reconciling: until the read that catches up answers), and not without one. A row
-        // over 1 MB (413) loses every value over 64 bytes, changed or not (apply_rls.sql
-        // error_record_exceeds_max_size), so the last row cannot stand in. Then, or for an
-        // end state without its result, read the whole row.
-        if (!feed.latest || reconciling || cut || (isTerminal(row) && !("result" in row))) {
+        // Columns are missing. A row over 1 MB (413) loses every value over 64 bytes, changed
+        // or not (apply_rls.sql error_record_exceeds_max_size): read the whole row, as without
+        // a last row or for an end state without its result. An UPDATE leaves out every
+        // unchanged TOASTed value (over ~2 kB: input, checkpoints, result, stream…), which
+        // Realtime cannot recover without REPLICA IDENTITY FULL: the last full row stands in
+        // for them, but only once it is known to be the row just before this change, not
+        // while a missed change may lie in between (reconciling: the event is held).
+        if (!feed.latest || cut || (isTerminal(row) && !("result" in row))) {
           catchUp();
+          return;
+        }
+        if (reconciling) {
+          hold(() => onChange(payload));
           return;
         }
         row = { ...feed.latest, ...row };
