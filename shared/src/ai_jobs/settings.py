@@ -22,23 +22,16 @@ from ai_jobs.workflows import WorkflowSettings
 
 StoreKind = Literal["auto", "postgres", "supabase", "embedded"]
 _ORIGIN = re.compile(r"[a-z][a-z0-9+.-]*://[^/?#\s@]+")
-# The Claude client's bounded settings (ClaudeSettings fields), which workers read at
-# each call (ClaudeSettings.from_env, the same variables).
-CLAUDE_CLIENT_VARIABLES = {
-    "timeout_seconds": "AI_JOBS_CLAUDE_TIMEOUT",
-    "max_retries": "AI_JOBS_CLAUDE_MAX_RETRIES",
-    "tokens_per_second": "AI_JOBS_CLAUDE_TOKENS_PER_SECOND",
-}
 
 
 def check_claude_settings(environ: Mapping[str, str]) -> None:
     """A malformed or out-of-range AI_JOBS_CLAUDE_* value stops start-up (ValueError
     naming the variable) instead of failing every ai.* job with `claude_config`."""
-    values = {field: environ[name] for field, name in CLAUDE_CLIENT_VARIABLES.items() if environ.get(name)}
     try:
-        ClaudeSettings.model_validate(values)
+        ClaudeSettings.from_env(environ)
     except ValidationError as exc:
-        problems = "; ".join(f"{CLAUDE_CLIENT_VARIABLES.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}, "
+        names = ClaudeSettings.ENV_VARIABLES
+        problems = "; ".join(f"{names.get(str(e['loc'][0]), e['loc'][0])}: {e['msg']}, "
                              f"got {e['input']!r}" for e in exc.errors())
         raise ValueError(problems) from None
 

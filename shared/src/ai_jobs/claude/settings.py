@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,19 +28,22 @@ class ClaudeSettings(BaseModel):
     # max_tokens / tokens_per_second (plus margins) does not fit the time left.
     tokens_per_second: float = Field(default=30.0, gt=0, le=10_000)
 
+    # The variable behind each field (start-up checks name it in their message).
+    ENV_VARIABLES: ClassVar[dict[str, str]] = {
+        "model": "AI_JOBS_MODEL",
+        "timeout_seconds": "AI_JOBS_CLAUDE_TIMEOUT",
+        "max_retries": "AI_JOBS_CLAUDE_MAX_RETRIES",
+        "tokens_per_second": "AI_JOBS_CLAUDE_TOKENS_PER_SECOND",
+    }
+
     @classmethod
-    def from_env(cls) -> ClaudeSettings:
-        env = os.environ
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ClaudeSettings:
+        env = os.environ if environ is None else environ
         values: dict[str, object] = {
             "api_key": env.get("ANTHROPIC_API_KEY") or None,
             "base_url": env.get("ANTHROPIC_BASE_URL") or None,
         }
-        for field, name in {
-            "model": "AI_JOBS_MODEL",
-            "timeout_seconds": "AI_JOBS_CLAUDE_TIMEOUT",
-            "max_retries": "AI_JOBS_CLAUDE_MAX_RETRIES",
-            "tokens_per_second": "AI_JOBS_CLAUDE_TOKENS_PER_SECOND",
-        }.items():
+        for field, name in cls.ENV_VARIABLES.items():
             if env.get(name):
                 values[field] = env[name]
         return cls.model_validate(values)
