@@ -364,17 +364,20 @@ def guard_call(
     calls: int = 1,
     cache_write: bool = False,
     batch: bool = False,
-) -> None:
+) -> float | None:
     """Refuse to start Claude work whose worst case would take the job's recorded cost
-    over its cap: the job fails with `budget_exceeded` (fatal), its finished steps kept."""
+    over its cap: the job fails with `budget_exceeded` (fatal), its finished steps kept.
+    Returns that worst case in US dollars (None: an unpriced model), cap or no cap."""
     from ai_jobs.failures import FatalJobError
 
+    price = model_price(model)
+    worst = None if price is None else calls * call_cost_bound(
+        price, input_bytes, max_tokens, cache_write=cache_write, batch=batch)
     cap = job_cap(ctx)
     if cap is None:
-        return
+        return worst
     spent = ctx.spent_usd
-    price = model_price(model)
-    unpriced = getattr(ctx, "unpriced_calls", 0)
+    unpriced = ctx.unpriced_calls
     if price is not None and unpriced:
         # The model is priced, yet a call came back billed in a way the table cannot
         # price (Priority Tier, fast mode, another inference_geo, an unknown cache tier):
@@ -387,10 +390,8 @@ def guard_call(
             f"{_usd(cap)}; it was stopped before calling Claude again. Finished steps are kept. The operator "
             "can add the missing price to AI_JOBS_PRICES.",
         )
-    worst = None if price is None else calls * call_cost_bound(
-        price, input_bytes, max_tokens, cache_write=cache_write, batch=batch)
     if spent <= cap and (worst is None or spent + worst <= cap):
-        return  # within the cap (an unpriced model is bounded by nothing but its recorded cost)
+        return worst  # within the cap (an unpriced model is bounded by nothing but its recorded cost)
     if spent > cap:
         why = f"This job has recorded {_usd(spent)} of Claude usage, over its cap of {_usd(cap)}"
     else:

@@ -128,19 +128,15 @@ def run(data: MapBatchesInput, ctx: JobContext, ttl: CacheTTL | None) -> None:
     made: list[tuple[SubmittedBatch, float | None]] = []  # the batch send() created, and its worst case
 
     def send() -> SubmittedBatch:
-        from ai_jobs.claude.spend import call_cost_bound, guard_call, model_price, utf8_bytes
+        from ai_jobs.claude.spend import guard_call, utf8_bytes
 
         # Spend control: the whole Message Batch at its worst case (every request
-        # writing the cache, all of max_tokens) must fit under the job's cap.
+        # writing the cache, all of max_tokens) must fit under the job's cap. The same
+        # worst case is charged to the job if the create's reply is lost after the
+        # request may have reached the API (the batch may be running unseen).
         largest = max(sum(utf8_bytes(item) + 3 for item in batch) for _, batch in open_steps)
-        input_bytes = utf8_bytes(data.instructions, data.document) + largest
-        guard_call(ctx, model, input_bytes=input_bytes,
-                   max_tokens=data.max_tokens, calls=len(open_steps), cache_write=True, batch=True)
-        # The same worst case is charged to the job if the create's reply is lost after
-        # the request may have reached the API (the batch may be running unseen).
-        price = model_price(model)
-        worst = None if price is None else len(open_steps) * call_cost_bound(
-            price, input_bytes, data.max_tokens, cache_write=True, batch=True)
+        worst = guard_call(ctx, model, input_bytes=utf8_bytes(data.instructions, data.document) + largest,
+                           max_tokens=data.max_tokens, calls=len(open_steps), cache_write=True, batch=True)
         ctx.progress(1, f"Submitting {len(open_steps)} requests as a Claude Message Batch")
         created = submit([_request(data, batch, name, ttl, model) for name, batch in open_steps],
                          ctx=ctx, worst_case_usd=worst)
