@@ -181,9 +181,9 @@ _END = object()
 class _Tally:
     """What one call was billed for, from the events the job thread has seen."""
 
-    model: str  # the requested id; the reply's own id once message_start names it
-    requested: str = ""
-    max_tokens: int = 0  # as sent: the most output a cut stream can have been billed for
+    requested: str  # the model id the request named
+    max_tokens: int  # as sent: the most output a cut stream can have been billed for
+    model: str | None = None  # the reply's own id, once message_start names it
     reached_api: bool = False
     usage: dict[str, Any] | None = None
     output_final: bool = False  # a message_delta gave the cumulative output count
@@ -197,7 +197,7 @@ class _Tally:
         self.events += 1
         kind = getattr(event, "type", None)
         if kind == "message_start":
-            self.model = event.message.model or self.model
+            self.model = event.message.model or None
             self.usage = event.message.usage.model_dump(exclude_none=True)
         elif kind == "message_delta":
             usage = self.usage if self.usage is not None else {}
@@ -239,7 +239,7 @@ class _Tally:
             estimate = max(int(usage.get("output_tokens") or 0), math.ceil(self.chars / CHARS_PER_TOKEN),
                            self.max_tokens)
             usage["output_tokens"] = estimate
-        record = usage_record(self.model, usage, requested=self.requested or None)
+        record = usage_record(self.model or self.requested, usage, requested=self.requested)
         if estimated:
             record["estimated"] = True
             record["output_tokens_estimated"] = record["output_tokens"]
@@ -470,7 +470,7 @@ def _call(
     if remaining is not None:
         read_timeout = max(1.0, min(read_timeout, remaining - FINISH_MARGIN_SECONDS))
     timeout = anthropic.Timeout(read_timeout, connect=min(settings.connect_timeout_seconds, read_timeout))
-    tally = _Tally(request["model"], requested=request["model"], max_tokens=sent_max_tokens)
+    tally = _Tally(request["model"], sent_max_tokens)
     _calls_made[ctx] = _calls_made.get(ctx, 0) + 1
     record: dict[str, Any] = {}
     # Live output: deltas to the job's private Broadcast topic (a background thread),
