@@ -151,6 +151,16 @@ def submit(
     )
 
 
+def _orphan_charge(worst_case_usd: float | None) -> dict[str, Any]:
+    """The usage charged for a Message Batch that may run unseen: its worst case (only
+    the count for an unpriced model), flagged as an estimate."""
+    charge: dict[str, Any] = {"requests": 0, "estimated": True, "orphan_batches": 1}
+    if worst_case_usd is not None:
+        charge["cost_usd"] = worst_case_usd
+        charge["orphan_batch_cost_usd"] = worst_case_usd
+    return charge
+
+
 def record_unconfirmed(
     ctx: JobContext, *, requests: int, model: str | None, worst_case_usd: float | None, code: str
 ) -> None:
@@ -162,10 +172,7 @@ def record_unconfirmed(
     no bound (an unpriced model) only the count is recorded. Should the write fail, the
     charge stays on ctx for the runner's failure write."""
     at = datetime.now(UTC)
-    charge: dict[str, Any] = {"requests": 0, "estimated": True, "orphan_batches": 1}
-    if worst_case_usd is not None:
-        charge["cost_usd"] = worst_case_usd
-        charge["orphan_batch_cost_usd"] = worst_case_usd
+    charge = _orphan_charge(worst_case_usd)
     earlier = ctx.checkpoints.get(UNCONFIRMED)
     entries = [*(earlier if isinstance(earlier, list) else []), {
         "at": at.isoformat(), "requests": requests, "model": model, "worst_case_usd": worst_case_usd, "error": code,
@@ -249,11 +256,7 @@ def abandon(ctx: JobContext, submitted: SubmittedBatch, *, worst_case_usd: float
     when it can (the store may be what failed)."""
     if _cancel_quietly(ctx, submitted, why="its checkpoint could not be written"):
         return
-    charge: dict[str, Any] = {"requests": 0, "estimated": True, "orphan_batches": 1}
-    if worst_case_usd is not None:
-        charge["cost_usd"] = worst_case_usd
-        charge["orphan_batch_cost_usd"] = worst_case_usd
-    ctx.add_usage(charge)
+    ctx.add_usage(_orphan_charge(worst_case_usd))
 
 
 def wait_until_ended(ctx: JobContext, submitted: SubmittedBatch, *, poll_seconds: float, progress: float) -> None:
